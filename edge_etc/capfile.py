@@ -1,0 +1,307 @@
+"""Capture file reader for pcap and pcapng, used by both the runner and the dataset builder.
+
+Reading files ourselves instead of through libpcap gives what a router's runner and a
+training set both need: per-interface link types in pcapng (libpcap rejects files whose
+interfaces differ), a clear error for files that are not captures (libpcap reports a missing
+file as "No such device exists" when it falls back to opening an interface), and files cut
+short that keep every complete record and say where they stopped.
+
+Formats: pcap in both byte orders with micro- or nanosecond time stamps, pcapng with any
+number of sections and interfaces (enhanced, simple and obsolete packet blocks, `if_tsresol`
+and `if_tsoffset`), and either of them compressed with gzip, bzip2 or xz (read
+transparently). zstd and other compressions are rejected with a message.
+
+Limits: a record longer than `MAX_RECORD_BYTES` stops the reading because the file cannot be
+trusted past it; time stamps are floats, so nanoseconds are kept to about 0.2 microseconds.
+"""
+
+import bz2
+import gzip
+import logging
+import lzma
+import os
+import struct
+
+from .errors import CaptureFileError
+
+log = logging.getLogger(__name__)
+
+MAX_RECORD_BYTES = 262144  # libpcap's own maximum snapshot length
+MAX_BLOCK_BYTES = 16 * 1024 * 1024
+
+_PCAP_MAGICS = {
+    b"\xd4\xc3\xb2\xa1": ("<", 1e-6),
+    b"\xa1\xb2\xc3\xd4": (">", 1e-6),
+    b"\x4d\x3c\xb2\xa1": ("<", 1e-9),
+    b"\xa1\xb2\x3c\x4d": (">", 1e-9),
+}
+_PCAPNG_SHB = b"\x0a\x0d\x0d\x0a"
+_COMPRESSED = {
+    b"\x1f\x8b": ("gzip", gzip.open),
+    b"BZh": ("bzip2", bz2.open),
+    b"\xfd7zXZ\x00": ("xz", lzma.open),
+}
+_UNSUPPORTED_COMPRESSION = {b"\x28\xb5\x2f\xfd": "zstd", b"\x04\x22\x4d\x18": "lz4", b"PK\x03\x04": "zip"}
+
+
+def _open_checked(path):
+    """Open `path` for reading, following one layer of compression; return (file, kind)."""
+    if not os.path.exists(path):
+        raise CaptureFileError(f"{path}: file not found")
+    if os.path.isdir(path):
+        raise CaptureFileError(f"{path}: is a directory, not a capture file")
+    try:
+        f = open(path, "rb")
+    except OSError as e:
+        raise CaptureFileError(f"{path}: cannot open: {e.strerror}") from None
+    head = f.read(6)
+    if not head:
+        f.close()
+        raise CaptureFileError(f"{path}: empty file (0 bytes), not a pcap or pcapng capture")
+    for magic, name in _UNSUPPORTED_COMPRESSION.items():
+        if head.startswith(magic):
+            f.close()
+            raise CaptureFileError(f"{path}: {name}-compressed file; decompress it first")
+    for magic, (name, opener) in _COMPRESSED.items():
+        if head.startswith(magic):
+            f.close()
+            return opener(path, "rb"), name
+    f.seek(0)
+    return f, None
+
+
+class CaptureFile:
+    """A pcap or pcapng file opened for reading.
+
+    Iterating yields `(ts, linktype, frame, wire_len)` for each record. When the file ends
+    inside a record or a record is implausible, iteration stops, `stopped` holds a message
+    naming the file, the record number and the byte offset, and a warning is logged.
+
+    Args:
+        path: the capture file.
+
+    Raises:
+        CaptureFileError: the file is missing, empty, compressed with an unsupported method,
+            not a capture, or cut inside its file header.
+    """
+
+    def __init__(self, path):
+        self.path = path
+        self.records = 0
+        self.stopped = None
+        self.snaplen = None
+        self._f, self.compression = _open_checked(path)
+        try:
+            head = self._read_or_fail(4, "file header")
+            if head in _PCAP_MAGICS:
+                self.format = "pcap"
+                self._start_pcap(head)
+            elif head == _PCAPNG_SHB:
+                self.format = "pcapng"
+                self._start_pcapng()
+            else:
+                raise CaptureFileError(f"{path}: not a pcap or pcapng file (magic {head.hex()})")
+        except (OSError, EOFError, lzma.LZMAError) as e:
+            self._f.close()
+            raise CaptureFileError(f"{path}: cannot read: {e}") from None
+        except CaptureFileError:
+            self._f.close()
+            raise
+
+    def _read_or_fail(self, n, what):
+        data = self._f.read(n)
+        if len(data) < n:
+            if self.compression and len(data) == 0 and what == "file header":
+                raise CaptureFileError(f"{self.path}: empty {self.compression} stream, not a capture")
+            raise CaptureFileError(
+                f"{self.path}: truncated {what}: {len(data)} of {n} bytes")
+        return data
+
+    @property
+    def linktypes(self):
+        """Link types seen so far: the one of a pcap file, or every pcapng interface's."""
+        if self.format == "pcap":
+            return [self._linktype]
+        return [lt for lt, _, _ in self._interfaces]
+
+    # --- pcap -------------------------------------------------------------------------
+
+    def _start_pcap(self, magic):
+        self._endian, self._tick = _PCAP_MAGICS[magic]
+        rest = self._read_or_fail(20, "file header")
+        major, _minor, _zone, _sigfigs, snaplen, linktype = struct.unpack(self._endian + "HHiIII", rest)
+        if major != 2:
+            raise CaptureFileError(f"{self.path}: unsupported pcap version {major}")
+        self.snaplen = snaplen
+        self._linktype = linktype & 0x0FFFFFFF  # the upper bits describe FCS presence
+        self._offset = 24
+
+    def _iter_pcap(self):
+        rec = struct.Struct(self._endian + "IIII")
+        read = self._f.read
+        linktype = self._linktype
+        tick = self._tick
+        offset = self._offset
+        while True:
+            header = read(16)
+            if len(header) < 16:
+                if header:
+                    self._stop(f"file ends inside the header of record {self.records + 1}", offset)
+                return
+            sec, frac, caplen, wire_len = rec.unpack(header)
+            if caplen > MAX_RECORD_BYTES:
+                self._stop(f"record {self.records + 1} has captured length {caplen} "
+                           f"> {MAX_RECORD_BYTES}; the file is corrupt from here", offset)
+                return
+            frame = read(caplen)
+            if len(frame) < caplen:
+                self._stop(f"file ends inside the data of record {self.records + 1} "
+                           f"({len(frame)} of {caplen} bytes)", offset)
+                return
+            offset += 16 + caplen
+            self.records += 1
+            yield sec + frac * tick, linktype, frame, max(wire_len, caplen)
+
+    # --- pcapng -----------------------------------------------------------------------
+
+    def _start_pcapng(self):
+        self._offset = 0
+        self._interfaces = []
+        self._endian = "<"
+        body = self._read_or_fail(8, "section header block")
+        bom = body[4:8]
+        if bom == b"\x4d\x3c\x2b\x1a":
+            self._endian = "<"
+        elif bom == b"\x1a\x2b\x3c\x4d":
+            self._endian = ">"
+        else:
+            raise CaptureFileError(f"{self.path}: invalid pcapng byte-order magic {bom.hex()}")
+        (length,) = struct.unpack(self._endian + "I", body[0:4])
+        if length < 28 or length % 4 or length > MAX_BLOCK_BYTES:
+            raise CaptureFileError(f"{self.path}: invalid pcapng section header length {length}")
+        self._read_or_fail(length - 12, "section header block")
+        self._offset = length
+        self._section_endian_pending = None
+
+    def _parse_idb(self, body):
+        e = self._endian
+        if len(body) < 8:
+            raise ValueError("interface description block too short")
+        linktype, _reserved, snaplen = struct.unpack_from(e + "HHI", body, 0)
+        tick, ts_offset = 1e-6, 0
+        pos = 8
+        while pos + 4 <= len(body):
+            code, olen = struct.unpack_from(e + "HH", body, pos)
+            value = body[pos + 4:pos + 4 + olen]
+            if code == 0:
+                break
+            if code == 9 and olen >= 1:  # if_tsresol
+                v = value[0]
+                tick = 2.0 ** -(v & 0x7F) if v & 0x80 else 10.0 ** -v
+            elif code == 14 and olen >= 8:  # if_tsoffset, seconds
+                (ts_offset,) = struct.unpack_from(e + "q", value, 0)
+            pos += 4 + olen + (-olen % 4)
+        self._interfaces.append((linktype, tick, ts_offset))
+        if snaplen and (self.snaplen is None or snaplen < self.snaplen):
+            self.snaplen = snaplen
+
+    def _iter_pcapng(self):
+        read = self._f.read
+        while True:
+            start = self._offset
+            head = read(8)
+            if len(head) < 8:
+                if head:
+                    self._stop(f"file ends inside a block header after record {self.records}", start)
+                return
+            if head[0:4] == _PCAPNG_SHB:
+                # A new section: its byte order and interfaces replace the old ones.
+                bom = read(4)
+                if bom == b"\x4d\x3c\x2b\x1a":
+                    self._endian = "<"
+                elif bom == b"\x1a\x2b\x3c\x4d":
+                    self._endian = ">"
+                else:
+                    self._stop("invalid byte-order magic in a section header block", start)
+                    return
+                (length,) = struct.unpack(self._endian + "I", head[4:8])
+                if length < 28 or length % 4 or length > MAX_BLOCK_BYTES:
+                    self._stop(f"invalid section header block length {length}", start)
+                    return
+                rest = read(length - 12)
+                if len(rest) < length - 12:
+                    self._stop("file ends inside a section header block", start)
+                    return
+                self._interfaces = []
+                self._offset += length
+                continue
+            btype, length = struct.unpack(self._endian + "II", head)
+            if length < 12 or length % 4 or length > MAX_BLOCK_BYTES:
+                self._stop(f"block after record {self.records} has invalid length {length}", start)
+                return
+            body = read(length - 8)
+            if len(body) < length - 8:
+                self._stop(f"file ends inside the block of record {self.records + 1}", start)
+                return
+            self._offset += length
+            body = body[:-4]  # the trailing copy of the block length
+            try:
+                record = self._pcapng_record(btype, body)
+            except (ValueError, IndexError, struct.error) as e:
+                self._stop(f"invalid block after record {self.records}: {e}", start)
+                return
+            if record is not None:
+                self.records += 1
+                yield record
+
+    def _pcapng_record(self, btype, body):
+        e = self._endian
+        if btype == 1:
+            self._parse_idb(body)
+            return None
+        if btype == 6 or btype == 2:  # enhanced packet block, obsolete packet block
+            if btype == 6:
+                iface, hi, lo, caplen, wire_len = struct.unpack_from(e + "IIIII", body, 0)
+            else:
+                iface, _drops, hi, lo, caplen, wire_len = struct.unpack_from(e + "HHIIII", body, 0)
+            if iface >= len(self._interfaces):
+                raise ValueError(f"packet names interface {iface}, but only "
+                                 f"{len(self._interfaces)} are described")
+            if caplen > len(body) - 20 or caplen > MAX_RECORD_BYTES:
+                raise ValueError(f"captured length {caplen} exceeds its block")
+            linktype, tick, ts_offset = self._interfaces[iface]
+            frame = body[20:20 + caplen]
+            return ((hi << 32 | lo) * tick + ts_offset, linktype, frame, max(wire_len, caplen))
+        if btype == 3:  # simple packet block: interface 0, no time stamp
+            if not self._interfaces:
+                raise ValueError("simple packet block before any interface description")
+            (wire_len,) = struct.unpack_from(e + "I", body, 0)
+            linktype = self._interfaces[0][0]
+            frame = body[4:4 + min(wire_len, len(body) - 4)]
+            return (0.0, linktype, frame, max(wire_len, len(frame)))
+        return None  # statistics, name resolution, custom and unknown blocks
+
+    # --- common -----------------------------------------------------------------------
+
+    def _stop(self, what, offset):
+        self.stopped = f"{self.path}: {what} (byte offset {offset}); kept {self.records} records"
+        log.warning("%s", self.stopped)
+
+    def __iter__(self):
+        try:
+            if self.format == "pcap":
+                yield from self._iter_pcap()
+            else:
+                yield from self._iter_pcapng()
+        except (OSError, EOFError, lzma.LZMAError) as e:
+            # A compressed stream that is corrupt or cut short fails here, mid-file.
+            self._stop(f"read failed after record {self.records}: {e}", -1)
+
+    def close(self):
+        self._f.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

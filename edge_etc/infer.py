@@ -1,0 +1,149 @@
+"""Batched int8 inference with a TFLite interpreter.
+
+Backends, tried in this order unless one is asked for:
+- `ai-edge-litert` (module `ai_edge_litert.interpreter`), which runs with numpy 2;
+- `tflite-runtime` (module `tflite_runtime.interpreter`), whose last release (2.14) needs
+  numpy < 2 and fails only when the interpreter is created: that failure is turned into an
+  error that says so.
+
+Quantization: model inputs are the packet bytes scaled to [0, 1] (byte / 255). The runner
+quantizes them with the model's own input scale and zero point,
+q = clip(round(byte / 255 / scale) + zero_point, -128, 127), through a 256-entry lookup
+table, and dequantizes outputs as (q - zero_point) * scale after widening to int32.
+"""
+
+import importlib.metadata
+import logging
+
+import numpy as np
+
+from .errors import InterpreterError, ModelError
+
+log = logging.getLogger(__name__)
+
+BACKENDS = ("auto", "litert", "tflite-runtime")
+
+
+def _import_backend(name):
+    if name == "litert":
+        from ai_edge_litert.interpreter import Interpreter
+        return Interpreter, "ai-edge-litert", importlib.metadata.version("ai-edge-litert")
+    if name == "tflite-runtime":
+        from tflite_runtime.interpreter import Interpreter
+        return Interpreter, "tflite-runtime", importlib.metadata.version("tflite-runtime")
+    raise InterpreterError(f"unknown interpreter backend {name!r}; expected one of {', '.join(BACKENDS)}")
+
+
+def find_interpreter(backend="auto"):
+    """Return (Interpreter class, package name, version) for `backend`.
+
+    Raises:
+        InterpreterError: the requested backend, or with "auto" every backend, fails to import.
+    """
+    names = ("litert", "tflite-runtime") if backend == "auto" else (backend,)
+    errors = []
+    for name in names:
+        try:
+            return _import_backend(name)
+        except (ImportError, importlib.metadata.PackageNotFoundError) as e:
+            errors.append(f"{name}: {e}")
+    raise InterpreterError("no TFLite interpreter could be imported (" + "; ".join(errors) +
+                           "); install one with: pip install ai-edge-litert")
+
+
+def input_lut(scale, zero_point):
+    """Return the 256-entry table mapping a packet byte to the model's int8 input."""
+    if scale <= 0:
+        raise ModelError(f"model input scale {scale} is invalid: expected > 0")
+    values = np.rint(np.arange(256, dtype=np.float64) / 255.0 / scale) + zero_point
+    return np.clip(values, -128, 127).astype(np.int8)
+
+
+def dequantize(q, scale, zero_point):
+    """Return float32 values of int8 tensor `q`, widened before subtracting."""
+    return ((q.astype(np.int32) - zero_point) * scale).astype(np.float32)
+
+
+class Classifier:
+    """Runs windows through an int8 TFLite model in batches.
+
+    Args:
+        model: a `ModelInfo`.
+        batch_size: windows per interpreter call; shorter batches are padded.
+        backend: "auto", "litert" or "tflite-runtime".
+        num_threads: interpreter threads.
+
+    Raises:
+        InterpreterError: no interpreter, or it cannot be created for this model.
+        ModelError: the model's input or output is not what edge-etc expects.
+    """
+
+    def __init__(self, model, batch_size=64, backend="auto", num_threads=1):
+        Interpreter, self.backend_name, self.backend_version = find_interpreter(backend)
+        self.model = model
+        pre = model.preprocessing
+        self.window_shape = (pre.window_packets, pre.vector_bytes)
+        try:
+            self.interpreter = Interpreter(model_content=model.data, num_threads=num_threads)
+        except Exception as e:  # the interpreters raise ValueError or RuntimeError, or numpy's ImportError
+            hint = ""
+            if self.backend_name == "tflite-runtime" and np.__version__.startswith("2"):
+                hint = f"; tflite-runtime {self.backend_version} needs numpy<2 (numpy {np.__version__} is installed)"
+            raise InterpreterError(f"{model.path}: {self.backend_name} could not load the model: "
+                                   f"{str(e).splitlines()[0] if str(e) else type(e).__name__}{hint}") from None
+        inp = self.interpreter.get_input_details()
+        out = self.interpreter.get_output_details()
+        if len(inp) != 1 or len(out) != 1:
+            raise ModelError(f"{model.path}: expected one input and one output tensor, found "
+                             f"{len(inp)} and {len(out)}")
+        inp, out = inp[0], out[0]
+        if inp["dtype"] != np.int8 or out["dtype"] != np.int8:
+            raise ModelError(f"{model.path}: expected int8 input and output, found "
+                             f"{np.dtype(inp['dtype']).name} and {np.dtype(out['dtype']).name}")
+        if tuple(inp["shape"][1:]) != self.window_shape:
+            raise ModelError(f"{model.path}: model input shape {tuple(inp['shape'])} does not match "
+                             f"its preprocessing settings (expected (batch, {self.window_shape[0]}, "
+                             f"{self.window_shape[1]}))")
+        if out["shape"][-1] != len(model.labels):
+            raise ModelError(f"{model.path}: model has {out['shape'][-1]} outputs but "
+                             f"{len(model.labels)} labels")
+        self._input_index = inp["index"]
+        self._output_index = out["index"]
+        in_scale, in_zero = inp["quantization"]
+        self.out_scale, self.out_zero = out["quantization"]
+        self.lut = input_lut(in_scale, in_zero)
+        self.batch_size = batch_size
+        try:
+            if inp["shape"][0] != batch_size:
+                self.interpreter.resize_tensor_input(self._input_index,
+                                                     [batch_size, *self.window_shape], strict=False)
+            self.interpreter.allocate_tensors()
+        except Exception as e:
+            raise InterpreterError(f"{model.path}: cannot allocate tensors for batch size "
+                                   f"{batch_size}: {e}") from None
+        self._batch = np.zeros((batch_size, *self.window_shape), dtype=np.int8)
+        log.info("interpreter: %s %s; model %s: input int8 %s scale=%.6g zero_point=%d, "
+                 "%d classes, batch %d", self.backend_name, self.backend_version, model.path,
+                 self.window_shape, in_scale, in_zero, len(model.labels), batch_size)
+
+    def predict(self, windows):
+        """Return class probabilities, shape (len(windows), classes), for raw windows.
+
+        Args:
+            windows: a sequence of byte strings of window_packets * vector_bytes bytes.
+        """
+        n = len(windows)
+        out = np.empty((n, len(self.model.labels)), dtype=np.float32)
+        size = self.batch_size
+        flat = self._batch.reshape(size, -1)
+        for start in range(0, n, size):
+            chunk = windows[start:start + size]
+            raw = np.frombuffer(b"".join(chunk), dtype=np.uint8).reshape(len(chunk), -1)
+            flat[:len(chunk)] = self.lut[raw]
+            if len(chunk) < size:
+                flat[len(chunk):] = 0
+            self.interpreter.set_tensor(self._input_index, self._batch)
+            self.interpreter.invoke()
+            q = self.interpreter.get_tensor(self._output_index)
+            out[start:start + len(chunk)] = dequantize(q[:len(chunk)], self.out_scale, self.out_zero)
+        return out

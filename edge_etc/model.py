@@ -1,0 +1,109 @@
+"""Model files: the int8 `.tflite` plus the edge-etc metadata stored inside it.
+
+`edge-etc convert` writes one metadata entry named `METADATA_NAME` into the model's
+FlatBuffer. It is JSON:
+
+    {"format": "edge-etc-model", "version": 1,
+     "labels": ["Chat", ...],              # output index -> class name
+     "preprocessing": {...},               # edge_etc.preprocess.Preprocessing
+     "unknown_threshold": 0.0,             # below this confidence a flow is "unknown"
+     "info": {...}}                        # free-form: training data, date, results
+
+The runner reads it with `load_model_info`, so a model always runs with the preprocessing
+it was trained with. A model without the entry is rejected.
+"""
+
+import importlib.resources
+import json
+import os
+
+from .errors import ModelError
+from .preprocess import Preprocessing
+from .tflite_file import TFLiteFileError, TFLiteModel
+
+METADATA_NAME = "edge_etc"
+MODEL_FORMAT = "edge-etc-model"
+MODEL_VERSION = 1
+UNKNOWN_LABEL = "unknown"
+
+
+class ModelInfo:
+    """A model file's bytes and what edge-etc stored with it."""
+
+    def __init__(self, path, data, labels, preprocessing, unknown_threshold, info, operators):
+        self.path = path
+        self.data = data
+        self.labels = labels
+        self.preprocessing = preprocessing
+        self.unknown_threshold = unknown_threshold
+        self.info = info
+        self.operators = operators
+
+
+def default_model_path():
+    """Return the path of the model that ships inside the package."""
+    return str(importlib.resources.files("edge_etc").joinpath("models/default.tflite"))
+
+
+def encode_metadata(labels, preprocessing, unknown_threshold=0.0, info=None):
+    """Return the metadata entry's bytes (used by the converter)."""
+    doc = {
+        "format": MODEL_FORMAT,
+        "version": MODEL_VERSION,
+        "labels": list(labels),
+        "preprocessing": preprocessing.to_dict(),
+        "unknown_threshold": float(unknown_threshold),
+        "info": info or {},
+    }
+    return json.dumps(doc, sort_keys=True).encode()
+
+
+def decode_metadata(raw, source):
+    """Parse a metadata entry; return (labels, preprocessing, unknown_threshold, info)."""
+    try:
+        doc = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ModelError(f"{source}: edge-etc metadata is not valid JSON: {e}") from None
+    if not isinstance(doc, dict) or doc.get("format") != MODEL_FORMAT:
+        raise ModelError(f"{source}: metadata entry '{METADATA_NAME}' is not edge-etc model metadata")
+    if doc.get("version") != MODEL_VERSION:
+        raise ModelError(f"{source}: model metadata version {doc.get('version')!r} is not "
+                         f"supported (expected {MODEL_VERSION}); upgrade edge-etc")
+    labels = doc.get("labels")
+    if not isinstance(labels, list) or not labels or not all(isinstance(x, str) for x in labels):
+        raise ModelError(f"{source}: model metadata has no valid label list")
+    try:
+        pre = Preprocessing.from_dict(doc.get("preprocessing") or {}, source=source)
+    except Exception as e:  # ConfigError from the settings check
+        raise ModelError(str(e)) from None
+    threshold = doc.get("unknown_threshold", 0.0)
+    if not isinstance(threshold, (int, float)) or not 0.0 <= threshold <= 1.0:
+        raise ModelError(f"{source}: unknown_threshold={threshold!r} is invalid: expected 0 to 1")
+    return labels, pre, float(threshold), doc.get("info") or {}
+
+
+def load_model_info(path):
+    """Read a model file and its edge-etc metadata.
+
+    Raises:
+        ModelError: the file is missing, not a TFLite model, or carries no edge-etc
+            metadata (a model converted without `edge-etc convert`).
+    """
+    if not os.path.isfile(path):
+        raise ModelError(f"{path}: model file not found")
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise ModelError(f"{path}: cannot read model file: {e.strerror}") from None
+    try:
+        tfl = TFLiteModel(data)
+        meta = tfl.metadata()
+        operators = tfl.operators()
+    except TFLiteFileError as e:
+        raise ModelError(f"{path}: {e}") from None
+    if METADATA_NAME not in meta:
+        raise ModelError(f"{path}: model has no edge-etc preprocessing settings; convert it "
+                         "with 'edge-etc convert' so the settings travel with it")
+    labels, pre, threshold, info = decode_metadata(meta[METADATA_NAME], path)
+    return ModelInfo(path, data, labels, pre, threshold, info, operators)

@@ -1,0 +1,179 @@
+"""The model's input: preprocessing settings and the bytes-to-vector step.
+
+Both the dataset builder and the runner turn packets into model vectors with `vectorize`,
+and the settings that shape the vectors travel inside the model file, so training and
+inference cannot drift apart.
+
+Vector layout (one row of `vector_bytes` unsigned bytes per packet, link layer dropped):
+
+    [ IP header ][ transport header ][ payload ... ][ zero padding ]
+
+- The IP header is copied as captured: IPv4 with its options, IPv6 with its extension
+  headers up to the transport header.
+- TCP headers keep their length (options included); a UDP header is followed by 12 zero
+  bytes, so it fills 20 bytes like an option-less TCP header and the first payload byte of a
+  UDP datagram over IPv4 without options sits at offset 40.
+- Only captured bytes are copied; a packet cut by the snapshot length, or shorter than
+  `vector_bytes`, is padded with zeros.
+
+Masking (applied to the copy, never to the capture):
+
+- Addresses: always zeroed unless `mask_addresses` is False (an ablation setting only).
+- Client port: always zeroed. The server port stays when `server_port` is True.
+- With `mask_capture_fields`, the fields that identify a capture or a host rather than an
+  application are zeroed too: IPv4 TOS, identification, fragment field, TTL and checksum,
+  IPv4 options; IPv6 traffic class, flow label and hop limit; TCP sequence and
+  acknowledgement numbers, window, checksum, urgent pointer and option bytes (the header
+  length stays); the UDP checksum. Length fields and TCP flags stay: they carry the packet
+  sizes and the connection state.
+
+Which packets form windows (`window_rule`): "payload" uses only packets that carry
+transport payload (handshakes and pure ACKs are skipped), "all" uses every packet. A window
+is `window_packets` consecutive such packets of one flow, in capture order.
+"""
+
+import dataclasses
+import json
+
+from .errors import ConfigError
+
+SETTINGS_FORMAT = "edge-etc-preprocessing"
+SETTINGS_VERSION = 1
+WINDOW_RULES = ("payload", "all")
+
+
+@dataclasses.dataclass(frozen=True)
+class Preprocessing:
+    """How packets become model input; stored in every model file.
+
+    Attributes:
+        vector_bytes: bytes per packet vector, counted from the IP header.
+        window_packets: consecutive packets per window.
+        window_rule: "payload" (packets with transport payload) or "all".
+        server_port: keep the server's port number visible in the vector.
+        mask_addresses: zero IP addresses (False only for ablation studies).
+        mask_capture_fields: zero TTL, IP identification, TCP sequence numbers, windows,
+            checksums and options (see the module docstring).
+    """
+
+    vector_bytes: int = 128
+    window_packets: int = 3
+    window_rule: str = "payload"
+    server_port: bool = True
+    mask_addresses: bool = True
+    mask_capture_fields: bool = True
+
+    def __post_init__(self):
+        if not isinstance(self.vector_bytes, int) or not 40 <= self.vector_bytes <= 4096:
+            raise ConfigError(f"vector_bytes={self.vector_bytes!r} is invalid: expected an "
+                              "integer from 40 to 4096 bytes")
+        if not isinstance(self.window_packets, int) or not 1 <= self.window_packets <= 16:
+            raise ConfigError(f"window_packets={self.window_packets!r} is invalid: expected an "
+                              "integer from 1 to 16")
+        if self.window_rule not in WINDOW_RULES:
+            raise ConfigError(f"window_rule={self.window_rule!r} is invalid: expected one of "
+                              f"{', '.join(WINDOW_RULES)}")
+        for name in ("server_port", "mask_addresses", "mask_capture_fields"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"{name}={getattr(self, name)!r} is invalid: expected true or false")
+
+    def to_dict(self):
+        d = dataclasses.asdict(self)
+        d["format"] = SETTINGS_FORMAT
+        d["version"] = SETTINGS_VERSION
+        return d
+
+    def to_json(self):
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d, source="settings"):
+        """Build settings from a dict, rejecting unknown keys and other format versions."""
+        d = dict(d)
+        fmt = d.pop("format", None)
+        version = d.pop("version", None)
+        if fmt != SETTINGS_FORMAT:
+            raise ConfigError(f"{source}: not edge-etc preprocessing settings (format {fmt!r})")
+        if version != SETTINGS_VERSION:
+            raise ConfigError(f"{source}: preprocessing settings version {version!r} is not "
+                              f"supported by this edge-etc (expected {SETTINGS_VERSION})")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ConfigError(f"{source}: unknown preprocessing setting(s): {', '.join(unknown)}")
+        return cls(**d)
+
+    def takes(self, pkt):
+        """Return True when `pkt` is a packet that windows are made of."""
+        return self.window_rule == "all" or pkt.payload_len > 0
+
+
+_UDP_PAD = bytes(12)
+
+
+def vectorize(pkt, server_is_dst, settings):
+    """Build the model vector of one packet.
+
+    Args:
+        pkt: a decoded `Packet`.
+        server_is_dst: True when the packet travels from client to server, so the server
+            port is the packet's destination port.
+        settings: the `Preprocessing` the model was trained with.
+
+    Returns:
+        `settings.vector_bytes` bytes.
+    """
+    size = settings.vector_bytes
+    ip = pkt.ip
+    l4 = pkt.l4_offset
+    if pkt.proto == 17:
+        v = bytearray(ip[:l4 + 8])
+        v += _UDP_PAD
+        v += ip[l4 + 8:l4 + 8 + size - len(v)]
+    else:
+        v = bytearray(ip[:size])
+    n = len(v)
+    if n < size:
+        v += bytes(size - n)
+    else:
+        del v[size:]
+
+    # Transport header, all offsets relative to l4. Each write stops at the vector's end.
+    if l4 + 4 <= size:
+        if server_is_dst:
+            v[l4:l4 + 2] = b"\0\0"
+            if not settings.server_port:
+                v[l4 + 2:l4 + 4] = b"\0\0"
+        else:
+            v[l4 + 2:l4 + 4] = b"\0\0"
+            if not settings.server_port:
+                v[l4:l4 + 2] = b"\0\0"
+    if settings.mask_capture_fields:
+        if pkt.proto == 6:
+            end = min(l4 + pkt.l4_len, size)
+            _zero(v, l4 + 4, l4 + 12, size)  # sequence and acknowledgement numbers
+            _zero(v, l4 + 14, l4 + 20, size)  # window, checksum, urgent pointer
+            _zero(v, l4 + 20, end, size)  # options
+        else:
+            _zero(v, l4 + 6, l4 + 8, size)  # checksum
+        if pkt.version == 4:
+            v[1] = 0  # TOS
+            _zero(v, 4, 12, size)  # identification, fragment field, TTL, protocol, checksum
+            v[9] = pkt.proto  # protocol: restored, it is not a capture trait
+            _zero(v, 20, l4, size)  # options
+        else:
+            v[0] = 0x60
+            _zero(v, 1, 4, size)  # traffic class and flow label
+            v[7] = 0  # hop limit
+    if settings.mask_addresses:
+        if pkt.version == 4:
+            _zero(v, 12, 20, size)
+        else:
+            _zero(v, 8, 40, size)
+    return bytes(v)
+
+
+def _zero(v, start, end, size):
+    end = min(end, size)
+    if end > start:
+        v[start:end] = bytes(end - start)

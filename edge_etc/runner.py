@@ -1,0 +1,240 @@
+"""The classification pipeline: records in, one JSON line per classified flow out.
+
+Decision rule: a flow is classified from its first complete window. Its next windows, up
+to `max_windows` in all, refine the decision: the class probabilities of every window seen
+so far are averaged, and the label is the class with the highest mean probability. A record
+is written when the flow is first classified, and again only when a later window changes
+its label. When the mean probability of the label is under the model's unknown threshold
+the label is "unknown".
+
+Records are JSON objects, one per line:
+    ts          time stamp (seconds) of the packet that completed the deciding window
+    proto       "tcp" or "udp"
+    src_ip, src_port, dst_ip, dst_port
+                the client first (see edge_etc.flows for how the client is found)
+    label, confidence
+                the decision and its mean probability
+    packets     packets of the flow seen when the deciding window was complete
+    windows     windows combined into the decision
+"""
+
+import json
+import logging
+import socket
+
+import numpy as np
+
+from .decode import Decoder
+from .errors import PacketError
+from .flows import FlowTable
+from .model import UNKNOWN_LABEL
+
+log = logging.getLogger(__name__)
+
+_PROTO = {6: "tcp", 17: "udp"}
+
+
+def format_ip(addr):
+    return socket.inet_ntop(socket.AF_INET if len(addr) == 4 else socket.AF_INET6, addr)
+
+
+class Stats:
+    """Counters of one run, reported in the summary."""
+
+    def __init__(self):
+        self.records = 0
+        self.packets = 0  # TCP/UDP packets accounted to flows
+        self.skipped = {}  # reason -> records skipped
+        self.malformed = {}  # reason -> records skipped as malformed
+        self.windows = 0
+        self.classified = 0
+        self.relabelled = 0
+        self.too_short = 0
+        self.capture_drops = None  # (dropped by the kernel, dropped by the interface)
+        self.stopped = None  # why reading stopped early, if it did
+
+    def skip(self, err):
+        table = self.malformed if err.malformed else self.skipped
+        table[err.reason] = table.get(err.reason, 0) + 1
+
+
+class Pipeline:
+    """Decoder, flow table and classifier, fed one record at a time.
+
+    Args:
+        classifier: an `edge_etc.infer.Classifier`.
+        write: called with each output record (a dict).
+        max_flows, idle_timeout_s, max_windows: see `edge_etc.flows.FlowTable`.
+        batch_size: windows collected before the interpreter runs.
+    """
+
+    def __init__(self, classifier, write, max_flows=65536, idle_timeout_s=120.0,
+                 max_windows=5, batch_size=64):
+        self.classifier = classifier
+        self.labels = classifier.model.labels
+        self.threshold = classifier.model.unknown_threshold
+        self.write = write
+        self.stats = Stats()
+        self.decoder = Decoder()
+        self.table = FlowTable(classifier.model.preprocessing, self._on_window, self._on_end,
+                               max_flows=max_flows, idle_timeout_s=idle_timeout_s,
+                               max_windows=max_windows)
+        self.batch_size = batch_size
+        self.pending = []  # (flow, ts, packets, window)
+        self._bug_logged = False
+
+    def process(self, ts, linktype, frame, wire_len):
+        """Decode one record and account it; never raises for a bad packet."""
+        stats = self.stats
+        stats.records += 1
+        try:
+            pkt = self.decoder.decode(ts, linktype, frame, wire_len)
+            if pkt is None:
+                return  # a fragment waiting for the rest of its datagram
+            stats.packets += 1
+            self.table.add(pkt)
+        except PacketError as e:
+            stats.skip(e)
+        except Exception as e:  # a decoder bug must not end a long run
+            stats.skip(PacketError(f"internal error ({type(e).__name__})", malformed=True))
+            if not self._bug_logged:
+                self._bug_logged = True
+                log.exception("internal error on record %d; the packet was skipped", stats.records)
+
+    def _on_window(self, flow, ts, window):
+        self.stats.windows += 1
+        self.pending.append((flow, ts, flow.packets, window))
+        if len(self.pending) >= self.batch_size:
+            self.infer()
+
+    def _on_end(self, flow, reason):
+        if flow.windows == 0:
+            self.stats.too_short += 1
+
+    def infer(self):
+        """Run the pending windows through the model and write the decisions."""
+        if not self.pending:
+            return
+        pending, self.pending = self.pending, []
+        probs = self.classifier.predict([p[3] for p in pending])
+        for (flow, ts, packets, _), p in zip(pending, probs):
+            flow.results += 1
+            if flow.prob_sum is None:
+                flow.prob_sum = p.astype(np.float64)
+            else:
+                flow.prob_sum += p
+            mean = flow.prob_sum / flow.results
+            best = int(np.argmax(mean))
+            confidence = float(mean[best])
+            label = self.labels[best] if confidence >= self.threshold else UNKNOWN_LABEL
+            if label == flow.label:
+                flow.confidence = confidence
+                continue
+            if flow.label is None:
+                self.stats.classified += 1
+            else:
+                self.stats.relabelled += 1
+            flow.label = label
+            flow.confidence = confidence
+            self.write({
+                "ts": round(ts, 6),
+                "proto": _PROTO[flow.proto],
+                "src_ip": format_ip(flow.client),
+                "src_port": flow.client_port,
+                "dst_ip": format_ip(flow.server),
+                "dst_port": flow.server_port,
+                "label": label,
+                "confidence": round(confidence, 4),
+                "packets": packets,
+                "windows": flow.results,
+            })
+
+    def finish(self):
+        """Classify what is pending and end every flow (end of a capture or a stop)."""
+        self.infer()
+        self.table.flush()
+
+    def summary(self):
+        """Return the run's counters as one dict."""
+        s = self.stats
+        t = self.table
+        out = {
+            "records": s.records,
+            "packets": s.packets,
+            "flows": t.flows_created,
+            "open_flows": len(t),
+            "windows": s.windows,
+            "classified": s.classified,
+            "relabelled": s.relabelled,
+            "too_short": s.too_short,
+            "skipped": sum(s.skipped.values()),
+            "malformed": sum(s.malformed.values()),
+            "evictions": t.evictions,
+            "expired": t.expirations,
+            "fragments_dropped": sum(self.decoder.reassembler.dropped.values()),
+        }
+        if s.capture_drops is not None:
+            out["capture_drops"], out["interface_drops"] = s.capture_drops
+        return out
+
+    def log_summary(self):
+        """Log the summary: one key=value line, then one line per skip reason."""
+        summary = self.summary()
+        log.info("summary: %s", " ".join(f"{k}={v}" for k, v in summary.items()))
+        for label, table in (("skipped", self.stats.skipped), ("malformed", self.stats.malformed),
+                             ("fragments dropped", self.decoder.reassembler.dropped)):
+            for reason, count in sorted(table.items(), key=lambda kv: -kv[1]):
+                log.info("  %s: %s: %d", label, reason, count)
+        if self.table.time_jumps_back or self.table.time_jumps_forward:
+            log.info("  time stamps jumped backwards %d times and forward %d times",
+                     self.table.time_jumps_back, self.table.time_jumps_forward)
+        if self.stats.stopped:
+            log.info("  reading stopped early: %s", self.stats.stopped)
+        return summary
+
+
+class JsonLines:
+    """Writes records as JSON lines to stdout or a file; `reopen` supports log rotation."""
+
+    def __init__(self, path=None, stream=None):
+        self.path = path
+        self._stream = stream
+        self.f = stream if path is None else open(path, "a", encoding="utf-8")
+        self.lines = 0
+
+    def __call__(self, record):
+        self.f.write(json.dumps(record, separators=(", ", ": ")) + "\n")
+        self.lines += 1
+
+    def flush(self):
+        self.f.flush()
+
+    def reopen(self):
+        if self.path is None:
+            return
+        self.f.close()
+        self.f = open(self.path, "a", encoding="utf-8")
+        log.info("reopened output file %s", self.path)
+
+    def close(self):
+        self.flush()
+        if self.path is not None:
+            self.f.close()
+
+
+def run_file(pipeline, capture, control):
+    """Feed every record of an open `CaptureFile` through `pipeline`.
+
+    `control.stop` is checked every 4,096 records so a signal ends a long file quickly, and
+    `control.tick()` runs there too (signal requests such as a summary or a reopen).
+    """
+    process = pipeline.process
+    count = 0
+    for ts, linktype, frame, wire_len in capture:
+        process(ts, linktype, frame, wire_len)
+        count += 1
+        if count & 0xFFF == 0:
+            control.tick()
+            if control.stop:
+                break
+    pipeline.stats.stopped = capture.stopped
