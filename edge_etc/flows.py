@@ -124,7 +124,7 @@ class FlowTable:
         elif ts > now:
             if ts - now > _JUMP_LOG_FACTOR * self.idle_timeout_s:
                 self.time_jumps_forward += 1
-                log.warning("time stamp jumped forward by %.0f s; expiring idle flows", ts - now)
+                log.info("time stamp jumped forward by %.0f s; expiring idle flows", ts - now)
             self.now = now = ts
             if now >= self._next_expiry:
                 self.expire(now)

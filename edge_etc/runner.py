@@ -100,12 +100,13 @@ class Pipeline:
             if not self._bug_logged:
                 self._bug_logged = True
                 log.exception("internal error on record %d; the packet was skipped", stats.records)
+        # Outside the guard: an interpreter or output failure is not a packet's fault.
+        if len(self.pending) >= self.batch_size:
+            self.infer()
 
     def _on_window(self, flow, ts, window):
         self.stats.windows += 1
         self.pending.append((flow, ts, flow.packets, window))
-        if len(self.pending) >= self.batch_size:
-            self.infer()
 
     def _on_end(self, flow, reason):
         if flow.windows == 0:

@@ -1,0 +1,141 @@
+"""`edge-etc train`: train the CNN-LSTM on labelled captures and report held-out results.
+
+Captures, never packets or windows, are split into training and test sets (per class,
+seeded), so no flow and no capture environment is on both sides. Class imbalance is
+handled per flow and per class: every flow of a class carries the same total weight
+however many windows it has, and every class carries the same total weight.
+
+Writes into the output folder:
+    model.h5     the Keras model (LSTM unrolled, ready for `edge-etc convert`)
+    model.json   labels, preprocessing settings, the capture split, seed and results
+    report.txt   per-class precision, recall and F1 on the held-out captures
+"""
+
+import json
+import logging
+import os
+import time
+
+import numpy as np
+
+from edge_etc.errors import ConfigError
+from edge_etc.preprocess import Preprocessing
+
+from . import dataset
+from .metrics import flow_decisions, format_report, per_class_report
+
+log = logging.getLogger(__name__)
+
+
+def flow_balanced_weights(y, flow, n_classes):
+    """Return per-window weights: equal total per flow, then equal total per class."""
+    _, inverse, per_flow = np.unique(flow, return_inverse=True, return_counts=True)
+    w = 1.0 / per_flow[inverse]
+    for c in range(n_classes):
+        mask = y == c
+        if mask.any():
+            w[mask] /= w[mask].sum()
+    return w * (len(w) / w.sum())
+
+
+def set_seed(seed):
+    import keras
+    keras.utils.set_random_seed(seed)
+
+
+def fit(data, train_idx, settings, epochs, seed, val_share=0.15):
+    """Train a model on the windows of captures `train_idx`; return the Keras model."""
+    import keras
+
+    from .model import build_model
+
+    set_seed(seed)
+    tr_caps = [data.captures[i] for i in train_idx]
+    inner_train, inner_val = dataset.split_captures(tr_caps, test_share=val_share, seed=seed + 1)
+    inner_train = [train_idx[i] for i in inner_train]
+    inner_val = [train_idx[i] for i in inner_val]
+    n_classes = len(data.classes)
+
+    def part(caps):
+        m = data.select(caps) & (data.y >= 0)
+        return (data.x[m].astype(np.float32) / 255.0, data.y[m],
+                flow_balanced_weights(data.y[m], data.flow[m], n_classes))
+
+    x_tr, y_tr, w_tr = part(inner_train)
+    x_va, y_va, w_va = part(inner_val)
+    log.info("training on %d windows (%d captures), validating on %d windows (%d captures)",
+             len(y_tr), len(inner_train), len(y_va), len(inner_val))
+    model = build_model(settings.window_packets, settings.vector_bytes, n_classes)
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy",
+                  weighted_metrics=["accuracy"])
+    callbacks = [keras.callbacks.EarlyStopping(monitor="val_loss", patience=6,
+                                               restore_best_weights=True)]
+    model.fit(x_tr, y_tr, sample_weight=w_tr, validation_data=(x_va, y_va, w_va),
+              epochs=epochs, batch_size=256, shuffle=True, callbacks=callbacks, verbose=1)
+    return model
+
+
+def evaluate(model, data, test_idx, max_windows=5):
+    """Return window-level and flow-level reports on the captures `test_idx`."""
+    m = data.select(test_idx) & (data.y >= 0)
+    probs = model.predict(data.x[m].astype(np.float32) / 255.0, batch_size=512, verbose=0)
+    window_pred = probs.argmax(1)
+    flow_true, flow_pred, _ = flow_decisions(probs, data.flow[m], data.position[m],
+                                             data.flow_label, max_windows)
+    return {
+        "windows": per_class_report(data.y[m], window_pred, data.classes),
+        "flows": per_class_report(flow_true, flow_pred, data.classes),
+    }
+
+
+def train_command(corpus, output, epochs, seed, vector_bytes, window_rule, no_server_port,
+                  limit_captures):
+    corpus = corpus or dataset.default_corpus()
+    kwargs = {}
+    if vector_bytes is not None:
+        kwargs["vector_bytes"] = vector_bytes
+    if window_rule is not None:
+        kwargs["window_rule"] = window_rule
+    settings = Preprocessing(server_port=not no_server_port, **kwargs)
+    captures = dataset.read_manifest(corpus)
+    if limit_captures:
+        # Keep classes spread: take captures round-robin over classes.
+        by_class = {}
+        for c in captures:
+            by_class.setdefault(c.label, []).append(c)
+        picked = []
+        while len(picked) < limit_captures and any(by_class.values()):
+            for label in sorted(by_class):
+                if by_class[label] and len(picked) < limit_captures:
+                    picked.append(by_class[label].pop(0))
+        captures = picked
+    started = time.time()
+    data = dataset.build_windows(corpus, settings, captures, seed=seed)
+    if not (data.y >= 0).any():
+        raise ConfigError(f"{corpus}: no labelled windows in the selected captures")
+    train_idx, test_idx = dataset.split_captures(captures, seed=seed)
+    model = fit(data, train_idx, settings, epochs, seed)
+    report = evaluate(model, data, test_idx)
+
+    os.makedirs(output, exist_ok=True)
+    model_path = os.path.join(output, "model.h5")
+    model.save(model_path)
+    meta = {
+        "labels": data.classes,
+        "preprocessing": settings.to_dict(),
+        "seed": seed,
+        "corpus": os.path.abspath(corpus),
+        "split": {"train": [captures[i].path for i in train_idx],
+                  "test": [captures[i].path for i in test_idx]},
+        "results": report,
+        "training_seconds": round(time.time() - started, 1),
+    }
+    with open(os.path.join(output, "model.json"), "w") as f:
+        json.dump(meta, f, indent=1)
+    text = (f"Held-out captures: {len(test_idx)} of {len(captures)} (split by capture file, seed {seed})\n\n"
+            "Windows:\n" + format_report(report["windows"]) +
+            "\nFlows (mean of the first 5 windows, as the runner decides):\n" + format_report(report["flows"]))
+    with open(os.path.join(output, "report.txt"), "w") as f:
+        f.write(text)
+    print(text)
+    log.info("wrote %s, model.json and report.txt", model_path)
