@@ -1,6 +1,6 @@
 """Generate a pcap of many concurrent TLS-like and QUIC-like flows from a seed.
 
-Every flow has 3 to 7 packets. All flows are open at the same time: round r holds the
+Every flow has 3 to 7 packets. All flows are open at the same time: round r contains the
 r-th packet of every flow that has more than r packets, in a seeded random order, so the
 first packets of all flows (round 0) come before the first flow ends (round 2 at the
 earliest). Packets are TIME_STEP_US apart, so 100,000 flows last about 5 seconds and no
@@ -20,8 +20,10 @@ Addresses: clients in 10.0.0.0/8 and 2001:db8:1::/64, servers in the documentati
 ranges 192.0.2.0/24, 198.51.100.0/24, 203.0.113.0/24 and 2001:db8:443::/64, server names
 under example.com, example.net and example.org. The file is data for offline readers only.
 
-The output depends only on the arguments and on Python's random.Random (stable for a
-given integer seed since Python 3.2; randbytes exists since 3.9).
+The output depends only on the arguments and on Python's random module. Python promises
+the same random() sequence for a seed across versions, but not the same randrange(),
+shuffle() or randbytes() results, so the recorded sha256 values hold for Python 3.11
+and may differ on other versions.
 """
 
 import argparse
@@ -260,7 +262,7 @@ class Flow:
 
 
 def tls_flow_packets(flow: Flow) -> Iterator[bytes]:
-    """Yield the frames of a TLS-like flow in order; the caller takes as many as it needs."""
+    """Yield the frames of a TLS-like flow in order. The caller takes as many as it needs."""
     rng = flow.rng
     mss = 1460 if flow.ip_version == 4 else 1440
     max_payload = mss - TCP_TIMESTAMP_OPTION_LEN
@@ -295,7 +297,7 @@ def tls_flow_packets(flow: Flow) -> Iterator[bytes]:
 
 
 def quic_flow_packets(flow: Flow) -> Iterator[bytes]:
-    """Yield the frames of a QUIC-like flow in order; the caller takes as many as it needs."""
+    """Yield the frames of a QUIC-like flow in order. The caller takes as many as it needs."""
     rng = flow.rng
     initial_dcid = rng.randbytes(QUIC_CONNECTION_ID_LEN)
     server_cid = rng.randbytes(QUIC_CONNECTION_ID_LEN)

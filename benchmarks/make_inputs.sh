@@ -22,7 +22,7 @@ for tool in tcpdump tcprewrite sha256sum "$python"; do
     fi
 done
 if [ ! -d "$corpus" ]; then
-    echo "error: corpus folder $corpus not found; set CORPUS to the folder of real captures" >&2
+    echo "error: corpus folder $corpus not found. Set CORPUS to the folder of real captures." >&2
     exit 1
 fi
 
@@ -46,6 +46,6 @@ sha256sum mix_1m.pcap flows_100k.pcap flows_1k.pcap | tee SHA256SUMS
 if cmp -s SHA256SUMS "$here/inputs.sha256"; then
     echo "sha256 matches $here/inputs.sha256"
 else
-    echo "warning: sha256 differs from $here/inputs.sha256;" \
-        "a different corpus, Python, tcpdump or tcprewrite version changes the bytes" >&2
+    echo "warning: sha256 differs from $here/inputs.sha256." \
+        "A different corpus, Python, tcpdump or tcprewrite version changes the bytes." >&2
 fi

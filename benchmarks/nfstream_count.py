@@ -18,8 +18,8 @@ def main() -> int:
         print(f"error: N_DISSECTIONS must be at least 1 so DPI stays on, got {n_dissections}", file=sys.stderr)
         return 2
 
-    # 20 is NFStream's default n_dissections; it is passed explicitly so DPI is on
-    # even if a later NFStream release changes the default.
+    # 20 is NFStream's default n_dissections. Passing it explicitly keeps DPI on even if
+    # a later NFStream release changes the default.
     streamer = NFStreamer(source=sys.argv[1], n_dissections=n_dissections)
     flows = 0
     for _ in streamer:

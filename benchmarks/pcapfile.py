@@ -29,12 +29,12 @@ class PcapHeader(NamedTuple):
 
 class Record(NamedTuple):
     ts_us: int  # timestamp in microseconds since the epoch
-    orig_len: int  # length of the packet on the wire; data may be shorter
+    orig_len: int  # length of the packet on the wire, which can exceed len(data)
     data: bytes
 
 
 def read_header(stream: BinaryIO) -> PcapHeader:
-    """Read the 24-byte global header and return its fields; raise ValueError if it is not pcap."""
+    """Read the 24-byte global header. Raises ValueError if the file is not classic pcap."""
     raw = stream.read(GLOBAL_HEADER_LEN)
     if len(raw) != GLOBAL_HEADER_LEN:
         raise ValueError(f"file is shorter than a pcap header ({len(raw)} bytes)")
@@ -46,7 +46,7 @@ def read_header(stream: BinaryIO) -> PcapHeader:
             return PcapHeader(endian, magic == MAGIC_NANO, snaplen, linktype & 0x0FFFFFFF)
 
     raise ValueError(
-        f"not a classic pcap file (magic {raw[:4].hex()}); convert pcapng with tcpdump -r IN -w OUT"
+        f"not a classic pcap file (magic {raw[:4].hex()}). Convert pcapng first with tcpdump -r IN -w OUT."
     )
 
 

@@ -42,6 +42,18 @@ TIME_BINARY = "/usr/bin/time"
 NFSTREAM_PYTHON = os.environ.get("NFSTREAM_PYTHON", "/work/venv-nfstream/bin/python")
 EDGE_ETC = os.environ.get("EDGE_ETC", "/work/venv/bin/edge-etc")
 
+# NFStream bundles its own nDPI and libpcap. Their versions come from the private module
+# _lib_engine (checked with NFStream 6.6.0), so a failure there only drops that detail.
+NFSTREAM_VERSION_SCRIPT = """
+import nfstream
+try:
+    from _lib_engine import ffi, lib
+    bundled = f" (nDPI {ffi.string(lib.engine_lib_ndpi_version()).decode()}, {ffi.string(lib.engine_lib_pcap_version()).decode()})"
+except Exception:
+    bundled = ""
+print(f"nfstream {nfstream.__version__}{bundled}")
+"""
+
 
 @dataclass
 class Contestant:
@@ -49,8 +61,9 @@ class Contestant:
     argv: list[str]  # "{pcap}" is replaced by the capture path
     flows_pattern: str | None = None  # regex with one group: flow count in the output
     version_argv: list[str] | None = None
-    version_pattern: str = r"(.+)"  # regex with one group applied to the version output
+    version_pattern: str = r"(.+)"  # regex for the version output, whose groups are joined with ", "
     note: str = ""
+    install_hint: str = ""
     extra_args: list[str] = field(default_factory=list)
 
     def command(self, pcap: str) -> list[str]:
@@ -78,26 +91,30 @@ def build_contestants(edge_etc_args: list[str]) -> list[Contestant]:
             version_argv=["ndpiReader", "-h"],
             version_pattern=r"(nDPI [0-9][^\s]*)",
             note="nDPI's example reader: full DPI, one thread for a pcap file",
+            install_hint="apt-get install libndpi-bin",
         ),
         Contestant(
             name="nfstream",
             argv=[NFSTREAM_PYTHON, os.path.join(HERE, "nfstream_count.py"), "{pcap}"],
             flows_pattern=r"flows=(\d+)",
-            version_argv=[NFSTREAM_PYTHON, "-c", "import nfstream; print('nfstream', nfstream.__version__)"],
+            version_argv=[NFSTREAM_PYTHON, "-c", NFSTREAM_VERSION_SCRIPT],
             note="NFStreamer with n_dissections=20 (nDPI on), all other options at their defaults",
+            install_hint="python3 -m venv /work/venv-nfstream && /work/venv-nfstream/bin/pip install nfstream, or set NFSTREAM_PYTHON",
         ),
         Contestant(
             name="tcpdump",
             argv=["tcpdump", "-r", "{pcap}", "-w", "/dev/null"],
             version_argv=["tcpdump", "--version"],
-            version_pattern=r"(tcpdump version \S+)",
+            version_pattern=r"(tcpdump version \S+)\s+(libpcap version \S+)",
             note="read and write only: the cost of libpcap I/O without any flow state",
+            install_hint="apt-get install tcpdump",
         ),
         Contestant(
             name="edge-etc",
             argv=[EDGE_ETC, "run", "--pcap", "{pcap}", "-o", "/dev/null"],
             version_argv=[EDGE_ETC, "--version"],
             note="this project's classifier",
+            install_hint="pip install the edge-etc package into /work/venv, or set EDGE_ETC",
             extra_args=edge_etc_args,
         ),
     ]
@@ -182,6 +199,9 @@ def measure(contestant: Contestant, pcap: str, packets: int, log_path: str, time
     time_path = log_path + ".time"
     argv = [TIME_BINARY, "-v", "-o", time_path] + contestant.command(pcap)
     result = {"contestant": contestant.name, "pcap": pcap, "command": argv[4:], "log": log_path}
+    # Other work on the machine shows up here: a 1-minute load average near or above the
+    # core count before the run means the contestant shared the CPU.
+    result["load_avg_1m_before"] = round(os.getloadavg()[0], 2)
 
     peak_rss_kb = peak_pss_kb = peak_processes = 0
     timed_out = False
@@ -258,7 +278,7 @@ def contestant_version(contestant: Contestant) -> str | None:
     except (OSError, subprocess.TimeoutExpired) as error:
         return f"unknown ({error})"
     match = re.search(contestant.version_pattern, completed.stdout + completed.stderr)
-    return match.group(1).strip() if match else None
+    return ", ".join(group.strip() for group in match.groups()) if match else None
 
 
 # --- summary ---------------------------------------------------------------------------
@@ -323,7 +343,7 @@ def main() -> int:
     if args.runs < 1:
         parser.error(f"--runs must be at least 1, got {args.runs}")
     if not os.access(TIME_BINARY, os.X_OK):
-        print(f"error: {TIME_BINARY} not found; install the Debian package time", file=sys.stderr)
+        print(f"error: {TIME_BINARY} not found. Install the Debian package time.", file=sys.stderr)
         return 1
 
     all_contestants = {c.name: c for c in build_contestants(args.edge_etc_args.split())}
@@ -334,7 +354,7 @@ def main() -> int:
         contestant = all_contestants[name]
         reason = contestant.missing_reason()
         if reason:
-            print(f"skipping {name}: {reason}", flush=True)
+            print(f"skipping {name}: {reason}. To include it: {contestant.install_hint}", flush=True)
             continue
         selected.append(contestant)
     if not selected:
@@ -369,11 +389,18 @@ def main() -> int:
                 runs_by_name[contestant.name].append(result)
                 report["results"].append(result)
 
-                status = "ok" if result["ok"] else f"FAILED (exit {result.get('exit_status')}, signal {result.get('signal')}, timed out {result['timed_out']}; see {log_path})"
+                if result["ok"]:
+                    status = "ok"
+                else:
+                    status = (
+                        f"FAILED (exit status {result.get('exit_status')}, signal {result.get('signal')}, "
+                        f"timed out {result['timed_out']}, output in {log_path})"
+                    )
                 print(
                     f"  run {run_index + 1} {contestant.name}: {result['wall_s']:.2f} s, "
                     f"{result['packets_per_s']:,.0f} packets/s, max RSS {result.get('max_rss_kb', 0) / 1024:.1f} MiB, "
-                    f"tree Pss {(result['tree_pss_kb'] or 0) / 1024:.1f} MiB, {status}",
+                    f"tree Pss {(result['tree_pss_kb'] or 0) / 1024:.1f} MiB, "
+                    f"load before {result['load_avg_1m_before']}, {status}",
                     flush=True,
                 )
 

@@ -111,6 +111,33 @@ class Windows:
         return np.isin(self.capture, np.asarray(list(capture_indices), dtype=np.int64))
 
 
+def capture_windows(path, settings):
+    """Return ([(flow, [window, ...]), ...], flows too short) for one capture file.
+
+    Reads, decodes and windows with the runner's code; the table is unbounded and keeps
+    every window, in packet order per flow.
+    """
+    per_flow = {}
+
+    def on_window(flow, ts, window):
+        per_flow.setdefault(flow.serial, (flow, []))[1].append(window)
+
+    ended = []
+    table = FlowTable(settings, on_window, lambda flow, reason: ended.append(flow),
+                      max_flows=1 << 30, idle_timeout_s=120.0, max_windows=1 << 30)
+    decoder = Decoder()
+    with CaptureFile(path) as capture:
+        for ts, linktype, frame, wire_len in capture:
+            try:
+                pkt = decoder.decode(ts, linktype, frame, wire_len)
+            except PacketError:
+                continue
+            if pkt is not None:
+                table.add(pkt)
+    table.flush()
+    return list(per_flow.values()), sum(1 for f in ended if f.windows == 0)
+
+
 def build_windows(corpus, settings, captures=None, max_windows_per_flow=64, seed=0,
                   classes=CLASSES):
     """Read captures and return their `Windows`.
@@ -132,32 +159,15 @@ def build_windows(corpus, settings, captures=None, max_windows_per_flow=64, seed
     flow_label, flow_capture, flow_unlabelled = [], [], []
 
     for ci, cap in enumerate(captures):
-        per_flow = {}
-
-        def on_window(flow, ts, window, per_flow=per_flow):
-            per_flow.setdefault(flow.serial, (flow, []))[1].append(window)
-
-        ended = []
-        table = FlowTable(settings, on_window, lambda flow, reason: ended.append(flow),
-                          max_flows=1 << 30, idle_timeout_s=120.0, max_windows=1 << 30)
-        decoder = Decoder()
         path = os.path.join(corpus, cap.path)
         try:
-            with CaptureFile(path) as capture:
-                for ts, linktype, frame, wire_len in capture:
-                    try:
-                        pkt = decoder.decode(ts, linktype, frame, wire_len)
-                    except PacketError:
-                        continue
-                    if pkt is not None:
-                        table.add(pkt)
+            per_flow, too_short = capture_windows(path, settings)
         except CaptureFileError as e:
             log.warning("skipping %s", e)
             continue
-        table.flush()
-        out.too_short += sum(1 for f in ended if f.windows == 0)
+        out.too_short += too_short
         labels_here = flow_labels.get(cap.path, {})
-        for _serial, (flow, windows) in per_flow.items():
+        for flow, windows in per_flow:
             a = (flow.client, flow.client_port)
             b = (flow.server, flow.server_port)
             key = (flow.proto,) + (a + b if a <= b else b + a)

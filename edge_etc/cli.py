@@ -161,9 +161,11 @@ def _run(pcap_file, iface, bpf, model_path, backend, output, max_flows, idle_tim
              model.path, ",".join(model.labels), pre.vector_bytes, pre.window_packets,
              "payload-carrying" if pre.window_rule == "payload" else "")
     classifier = Classifier(model, batch_size=batch_size, backend=backend)
-    if capture is not None and capture.snaplen and capture.snaplen < pre.vector_bytes:
-        log.warning("%s: snapshot length %d < model input of %d bytes per packet; vectors are "
-                    "zero-padded after the captured bytes", pcap_file, capture.snaplen, pre.vector_bytes)
+    # 14 bytes: the smallest common link header (Ethernet) before the IP header.
+    if capture is not None and capture.snaplen and capture.snaplen - 14 < pre.vector_bytes:
+        log.warning("%s: snapshot length %d leaves less than the model's %d bytes per packet "
+                    "after the link header; vectors are zero-padded after the captured bytes",
+                    pcap_file, capture.snaplen, pre.vector_bytes)
 
     sink = JsonLines(output, stream=sys.stdout)
     pipeline = Pipeline(classifier, sink, max_flows=max_flows, idle_timeout_s=idle_timeout,

@@ -1,0 +1,475 @@
+"""Settings of `edge-etc run`: every key with its one default, range and unit.
+
+The dataclasses below are the only place where a default is written. From them come the
+defaults and ranges of `edge-etc run`'s options, the checks of a `--config` TOML file and
+the commented file that `edge-etc config --defaults` prints.
+
+Precedence, highest first:
+1. options given on the command line, or as EDGE_ETC_RUN_<OPTION> environment variables;
+2. the `--config` file;
+3. the defaults in this module.
+
+This module imports only the standard library and click, because `edge-etc --help`
+imports it.
+"""
+
+import dataclasses
+import math
+import re
+import sys
+
+from .errors import ConfigError, EdgeEtcError
+
+# Interpreter backends `edge_etc.infer.find_interpreter` accepts (kept equal to
+# edge_etc.infer.BACKENDS by a test, because infer.py imports numpy and this module must not).
+BACKENDS = ("auto", "litert", "tflite-runtime")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+# Facility names accepted by logging.handlers.SysLogHandler.
+SYSLOG_FACILITIES = ("auth", "authpriv", "cron", "daemon", "ftp", "kern", "lpr", "mail",
+                     "news", "syslog", "user", "uucp", "local0", "local1", "local2",
+                     "local3", "local4", "local5", "local6", "local7")
+STDOUT = "-"
+
+# POSIX portable user names, plus the leading digit many systems accept (max 32 bytes).
+_USER_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,31}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Setting:
+    """How one key is checked, documented and offered as a `run` option.
+
+    Attributes:
+        help: one sentence for `--help` and the `config --defaults` comment.
+        option: the `run` option that overrides the key, e.g. "--max-flows".
+        param: the click parameter name of that option.
+        unit: unit of a number ("seconds", "bytes"), empty for none.
+        minimum, maximum: inclusive range of a number; None for no bound.
+        choices: the allowed strings, or None for any string.
+        metavar: the placeholder shown in `--help`.
+    """
+
+    help: str
+    option: str
+    param: str
+    unit: str = ""
+    minimum: float = None
+    maximum: float = None
+    choices: tuple = None
+    metavar: str = None
+
+
+def _setting(default, help, option, param, **kwargs):
+    return dataclasses.field(default=default,
+                             metadata={"setting": Setting(help, option, param, **kwargs)})
+
+
+class SettingError(ConfigError):
+    """An invalid value of one key; `key` is its "section.name"."""
+
+    def __init__(self, key, message):
+        super().__init__(message)
+        self.key = key
+
+
+def describe(setting, kind):
+    """Return the allowed values of a key, e.g. "an integer from 1 to 10000000 flows"."""
+    if kind is bool:
+        return "true or false"
+    if setting.choices is not None:
+        return "one of " + ", ".join(setting.choices)
+    if kind is str:
+        return "a string"
+    noun = "an integer" if kind is int else "a number"
+    unit = f" {setting.unit}" if setting.unit else ""
+    low, high = setting.minimum, setting.maximum
+    if low is not None and high is not None:
+        return f"{noun} from {_number(low)} to {_number(high)}{unit}"
+    if low is not None:
+        return f"{noun} of at least {_number(low)}{unit}"
+    return f"{noun}{unit}"
+
+
+def _number(x):
+    return str(int(x)) if float(x).is_integer() else repr(x)
+
+
+def _shown(value):
+    """Return `value` as TOML spells it (true, "text", 5), for messages."""
+    if isinstance(value, (bool, int, float, str)):
+        return _toml_value(value)
+    return repr(value)
+
+
+def _check_value(key, setting, kind, value):
+    """Return `value` converted to `kind`, or raise SettingError naming key, value and range."""
+    def invalid(extra=""):
+        return SettingError(key, f"{key} = {_shown(value)} is invalid{extra}: expected "
+                                 f"{describe(setting, kind)}")
+
+    if kind is bool:
+        if not isinstance(value, bool):
+            raise invalid()
+        return value
+    if kind is str:
+        if not isinstance(value, str):
+            raise invalid()
+        if setting.choices is not None and value not in setting.choices:
+            raise invalid()
+        return value
+    # Numbers: bool is a subclass of int, and `true` is never a count.
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise invalid()
+    if kind is int and not isinstance(value, int):
+        raise invalid()
+    if kind is float:
+        value = float(value)
+        if not math.isfinite(value):
+            raise invalid()
+    if setting.minimum is not None and value < setting.minimum:
+        raise invalid(" (too small)")
+    if setting.maximum is not None and value > setting.maximum:
+        raise invalid(" (too large)")
+    return value
+
+
+class _Section:
+    """Checks every field of a section dataclass against its Setting in __post_init__."""
+
+    SECTION = ""
+
+    def __post_init__(self):
+        for field in dataclasses.fields(self):
+            key = f"{self.SECTION}.{field.name}"
+            value = _check_value(key, field.metadata["setting"], field.type,
+                                 getattr(self, field.name))
+            # The dataclass is frozen; this stores the converted value (int -> float) once.
+            object.__setattr__(self, field.name, value)
+        self._check()
+
+    def _check(self):
+        """Check rules that involve more than one value (none by default)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class CaptureConfig(_Section):
+    """Live capture: which packets are read."""
+
+    SECTION = "capture"
+
+    interface: str = _setting(
+        "", "Network interface for live capture ('any' for all); empty for none, so the "
+        "input must come from --pcap or --iface.", "--iface", "iface", metavar="IFACE")
+    filter: str = _setting(
+        "", "BPF filter for live capture, e.g. 'tcp or udp'; empty for all packets.",
+        "--filter", "bpf", metavar="BPF")
+    snaplen: int = _setting(
+        65535, "Live capture snapshot length.", "--snaplen", "snaplen", unit="bytes",
+        minimum=64, maximum=262144)
+    promisc: bool = _setting(
+        False, "Put the interface into promiscuous mode (needs CAP_NET_ADMIN as well as "
+        "CAP_NET_RAW).", "--promisc/--no-promisc", "promisc")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig(_Section):
+    """The classifier: model file and interpreter."""
+
+    SECTION = "model"
+
+    path: str = _setting(
+        "", "int8 .tflite model written by 'edge-etc convert'; empty for the bundled model.",
+        "--model", "model_path", metavar="FILE")
+    backend: str = _setting(
+        "auto", "TFLite interpreter package to use.", "--backend", "backend", choices=BACKENDS)
+    batch_size: int = _setting(
+        64, "Windows per interpreter call.", "--batch-size", "batch_size", unit="windows",
+        minimum=1, maximum=4096)
+
+
+@dataclasses.dataclass(frozen=True)
+class FlowConfig(_Section):
+    """The flow table: its size and how long flows live."""
+
+    SECTION = "flows"
+
+    max_flows: int = _setting(
+        65536, "Flow table capacity; the least recently used flow is evicted when it is "
+        "full. Each open flow takes roughly 1 KB.", "--max-flows", "max_flows", unit="flows",
+        minimum=1, maximum=10_000_000)
+    idle_timeout_s: float = _setting(
+        120.0, "Time without a packet after which a flow expires.", "--idle-timeout",
+        "idle_timeout", unit="seconds", minimum=0.001, maximum=86400)
+    max_windows: int = _setting(
+        5, "Windows per flow whose probabilities are averaged into the decision.",
+        "--max-windows", "max_windows", unit="windows", minimum=1, maximum=1000)
+
+
+@dataclasses.dataclass(frozen=True)
+class OutputConfig(_Section):
+    """Where the flow records and counters go."""
+
+    SECTION = "output"
+
+    json_file: str = _setting(
+        STDOUT, "File that JSON lines are appended to ('-' for stdout, empty for none); "
+        "SIGHUP reopens it.", "--output", "output", metavar="FILE")
+    syslog: bool = _setting(
+        False, "Also send each record to syslog.", "--syslog/--no-syslog", "syslog")
+    syslog_facility: str = _setting(
+        "daemon", "Syslog facility of the records.", "--syslog-facility", "syslog_facility",
+        choices=SYSLOG_FACILITIES)
+    syslog_address: str = _setting(
+        "/dev/log", "Syslog destination: a Unix socket path, or HOST:PORT for UDP.",
+        "--syslog-address", "syslog_address", metavar="ADDRESS")
+    prometheus_file: str = _setting(
+        "", "Prometheus text file of counters for node_exporter's textfile collector; "
+        "empty for none.", "--prometheus", "prometheus", metavar="FILE")
+    prometheus_interval_s: float = _setting(
+        30.0, "Time between rewrites of the Prometheus file.", "--prometheus-interval",
+        "prometheus_interval", unit="seconds", minimum=1, maximum=3600)
+    anonymize: bool = _setting(
+        False, "Replace IP addresses in records by keyed hashes (HMAC-SHA256, 16 hex "
+        "digits).", "--anonymize/--no-anonymize", "anonymize")
+    anonymize_key_file: str = _setting(
+        "", "File with the hash key (at least 16 bytes); empty for a random key per run, "
+        "so hashes match only within one run.", "--anonymize-key", "anonymize_key",
+        metavar="FILE")
+
+    def _check(self):
+        host, sep, port = self.syslog_address.rpartition(":")
+        if not self.syslog_address.startswith("/") and not (sep and host and port.isdigit()):
+            raise SettingError("output.syslog_address",
+                               f"output.syslog_address = {_shown(self.syslog_address)} is invalid: "
+                               "expected a socket path starting with / or HOST:PORT")
+
+
+@dataclasses.dataclass(frozen=True)
+class ServiceConfig(_Section):
+    """The process: logging and privileges."""
+
+    SECTION = "service"
+
+    log_level: str = _setting(
+        "info", "Lowest level of log messages on stderr; -v and -q move it.", "--log-level",
+        "log_level", choices=LOG_LEVELS)
+    user: str = _setting(
+        "", "User to switch to after the capture and output files are open (needs root); "
+        "empty to keep the current user.", "--user", "user", metavar="NAME")
+
+    def _check(self):
+        if self.user and not _USER_NAME.fullmatch(self.user):
+            raise SettingError("service.user", f"service.user = {_shown(self.user)} is invalid: "
+                                               "expected a user name of letters, digits, "
+                                               "'_', '.' or '-' (at most 32)")
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """All settings of one run, one attribute per TOML table."""
+
+    capture: CaptureConfig = dataclasses.field(default_factory=CaptureConfig)
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    flows: FlowConfig = dataclasses.field(default_factory=FlowConfig)
+    output: OutputConfig = dataclasses.field(default_factory=OutputConfig)
+    service: ServiceConfig = dataclasses.field(default_factory=ServiceConfig)
+
+
+SECTIONS = {f.name: f.default_factory for f in dataclasses.fields(Config)}
+DEFAULTS = Config()
+
+
+def settings():
+    """Yield (key, Setting, type, default) for every key, in file order."""
+    for section, cls in SECTIONS.items():
+        for field in dataclasses.fields(cls):
+            yield f"{section}.{field.name}", field.metadata["setting"], field.type, field.default
+
+
+def setting(key):
+    """Return (Setting, type, default) of `key` ("section.name"); KeyError if unknown."""
+    for name, spec, kind, default in settings():
+        if name == key:
+            return spec, kind, default
+    raise KeyError(key)
+
+
+def build(values, origins=None):
+    """Return the Config of `values` ({"section.name": value}); missing keys take defaults.
+
+    Raises:
+        ConfigError: a key is unknown or a value is invalid. The message starts with where
+            the value came from (`origins[key]`: a file name or an option), when known.
+    """
+    origins = origins or {}
+    known = {key for key, *_ in settings()}
+    for key in values:
+        if key not in known:
+            raise ConfigError(f"{origins.get(key, 'settings')}: unknown key {key!r}")
+    sections = {}
+    for section, cls in SECTIONS.items():
+        prefix = section + "."
+        kwargs = {key[len(prefix):]: v for key, v in values.items() if key.startswith(prefix)}
+        try:
+            sections[section] = cls(**kwargs)
+        except SettingError as e:
+            origin = origins.get(e.key)
+            raise ConfigError(f"{origin}: {e}" if origin else str(e)) from None
+    return Config(**sections)
+
+
+def _toml_module():
+    if sys.version_info >= (3, 11):
+        import tomllib
+        return tomllib
+    try:
+        import tomli
+    except ImportError:
+        raise EdgeEtcError("reading a --config file needs Python 3.11 or newer, or the tomli "
+                           "package on Python 3.9 and 3.10: pip install tomli") from None
+    return tomli
+
+
+def read_file(path):
+    """Read a TOML settings file; return {"section.name": value}.
+
+    Raises:
+        ConfigError: the file is missing, unreadable, not TOML, or has a key that is not a
+            setting. Values are checked later, by `build`.
+        EdgeEtcError: no TOML parser (Python 3.9 or 3.10 without tomli).
+    """
+    toml = _toml_module()
+    try:
+        with open(path, "rb") as f:
+            data = toml.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read config file: {e.strerror}") from None
+    except toml.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: invalid TOML: {e}") from None
+
+    values = {}
+    for section, table in data.items():
+        if section not in SECTIONS:
+            raise ConfigError(f"{path}: unknown table [{section}]; expected one of "
+                              f"{', '.join(f'[{s}]' for s in SECTIONS)}")
+        if not isinstance(table, dict):
+            raise ConfigError(f"{path}: {section} must be a table ([{section}]), not a value")
+        names = [f.name for f in dataclasses.fields(SECTIONS[section])]
+        for name, value in table.items():
+            if name not in names:
+                raise ConfigError(f"{path}: unknown key {section}.{name}; keys of "
+                                  f"[{section}]: {', '.join(names)}")
+            values[f"{section}.{name}"] = value
+    return values
+
+
+def load(path=None, overrides=None, override_origins=None):
+    """Return the Config of a settings file (or the defaults) with `overrides` on top.
+
+    Args:
+        path: TOML file, or None for the defaults only.
+        overrides: {"section.name": value} that take precedence over the file.
+        override_origins: {"section.name": "--option"} for error messages.
+    """
+    values = read_file(path) if path else {}
+    origins = dict.fromkeys(values, path)
+    values.update(overrides or {})
+    origins.update(override_origins or {})
+    return build(values, origins)
+
+
+def options_given(ctx):
+    """Return the names of `ctx`'s parameters that the user set, on the command line or
+    through an EDGE_ETC_... environment variable, as opposed to click defaults."""
+    from click.core import ParameterSource
+    given = (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)
+    return {name for name in ctx.params if ctx.get_parameter_source(name) in given}
+
+
+def from_options(path, params, given):
+    """Return the Config of a run: the file at `path` (if any), then the options in `given`.
+
+    Args:
+        path: the `--config` file or None.
+        params: click parameter values of `run`, by parameter name.
+        given: names of the parameters the user set (see `options_given`).
+    """
+    overrides, origins = {}, {}
+    for key, spec, _kind, _default in settings():
+        if spec.param in given:
+            overrides[key] = params[spec.param]
+            origins[key] = spec.option.split("/")[0]
+    return load(path, overrides, origins)
+
+
+def click_option(key):
+    """Return the keyword arguments of the `run` option of `key` for `click.option`."""
+    import click
+
+    spec, kind, default = setting(key)
+    kwargs = {"default": default, "help": spec.help, "show_default": True}
+    if kind is bool:
+        kwargs["show_default"] = False
+    elif spec.choices is not None:
+        kwargs["type"] = click.Choice(spec.choices)
+    elif kind is int:
+        kwargs["type"] = click.IntRange(spec.minimum, spec.maximum)
+    elif kind is float:
+        kwargs["type"] = click.FloatRange(spec.minimum, spec.maximum)
+    else:
+        kwargs["show_default"] = default not in ("", None)
+    if spec.metavar:
+        kwargs["metavar"] = spec.metavar
+    if spec.unit and kind in (int, float):
+        kwargs["help"] = f"{spec.help} Unit: {spec.unit}."
+    return kwargs
+
+
+def _toml_value(value):
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    # A TOML basic string: backslash, quote and control characters escaped.
+    out = []
+    for ch in value:
+        if ch in '"\\':
+            out.append("\\" + ch)
+        elif ord(ch) < 0x20 or ord(ch) == 0x7F:
+            out.append(f"\\u{ord(ch):04x}")
+        else:
+            out.append(ch)
+    return '"' + "".join(out) + '"'
+
+
+def _wrap_comment(text, width=88):
+    lines, line = [], "#"
+    for word in text.split():
+        if len(line) + 1 + len(word) > width and line != "#":
+            lines.append(line)
+            line = "#"
+        line += " " + word
+    lines.append(line)
+    return lines
+
+
+def render(config=DEFAULTS):
+    """Return `config` as a commented TOML file that `read_file` reads back unchanged."""
+    lines = ["# edge-etc settings for 'edge-etc run --config FILE'.",
+             "# Options given on the command line override the values in this file.",
+             "# 'edge-etc config --defaults' prints every key with its default.", ""]
+    for section, cls in SECTIONS.items():
+        lines.extend(_wrap_comment(cls.__doc__.strip()))
+        lines.append(f"[{section}]")
+        section_config = getattr(config, section)
+        for field in dataclasses.fields(cls):
+            spec = field.metadata["setting"]
+            comment = spec.help
+            if field.type is not str or spec.choices is not None:
+                comment += f" Allowed: {describe(spec, field.type)}."
+            comment += f" Option: {spec.option.split('/')[0]}."
+            lines.extend(_wrap_comment(comment))
+            lines.append(f"{field.name} = {_toml_value(getattr(section_config, field.name))}")
+        lines.append("")
+    return "\n".join(lines)

@@ -1,0 +1,76 @@
+"""Shared fixtures: paths, a subprocess runner for the CLI, and a flow scanner built on the
+same reader, decoder, flow table and vectorizer the runner uses."""
+
+import collections
+import os
+import subprocess
+import sys
+
+import pytest
+
+from edge_etc.capfile import CaptureFile
+from edge_etc.decode import Decoder
+from edge_etc.errors import PacketError
+from edge_etc.flows import FlowTable
+from edge_etc.preprocess import Preprocessing
+from edge_etc.runner import format_ip
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CASES = os.path.join(ROOT, "tests", "data", "cases")
+CORPUS = os.environ.get("EDGE_ETC_CORPUS") or os.path.normpath(os.path.join(ROOT, "..", "shared", "corpus"))
+
+
+def case(name):
+    return os.path.join(CASES, name)
+
+
+@pytest.fixture
+def corpus():
+    if not os.path.isfile(os.path.join(CORPUS, "FLOWS.tsv")):
+        pytest.skip(f"corpus not present at {CORPUS}")
+    return CORPUS
+
+
+def run_cli(*args, timeout=300, **kwargs):
+    """Run `python -m edge_etc ARGS`; return the CompletedProcess (text mode)."""
+    return subprocess.run([sys.executable, "-m", "edge_etc", *args], capture_output=True,
+                          text=True, timeout=timeout, **kwargs)
+
+
+def flow_name(flow):
+    proto = "tcp" if flow.proto == 6 else "udp"
+    return (f"{proto} {format_ip(flow.client)}:{flow.client_port} <-> "
+            f"{format_ip(flow.server)}:{flow.server_port}")
+
+
+class Scan:
+    """What the shared pipeline makes of a capture, without a model."""
+
+    def __init__(self, path, settings=None, max_flows=1 << 30, idle_timeout_s=120.0,
+                 max_windows=1 << 30):
+        self.settings = settings or Preprocessing()
+        self.packets = collections.Counter()
+        self.windows = collections.defaultdict(list)
+        self.ended = []
+        self.skipped = collections.Counter()
+        self.table = FlowTable(self.settings, self._on_window, self._on_end, max_flows=max_flows,
+                               idle_timeout_s=idle_timeout_s, max_windows=max_windows)
+        self.decoder = Decoder()
+        with CaptureFile(path) as capture:
+            for ts, linktype, frame, wire_len in capture:
+                try:
+                    pkt = self.decoder.decode(ts, linktype, frame, wire_len)
+                except PacketError as e:
+                    self.skipped[e.reason] += 1
+                    continue
+                if pkt is not None:
+                    self.table.add(pkt)
+            self.stopped = capture.stopped
+        self.table.flush()
+
+    def _on_window(self, flow, ts, window):
+        self.windows[flow_name(flow)].append(window)
+
+    def _on_end(self, flow, reason):
+        self.packets[flow_name(flow)] += flow.packets
+        self.ended.append((flow_name(flow), reason))

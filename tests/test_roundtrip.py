@@ -1,0 +1,79 @@
+"""Training side: a tiny train, convert and run round trip on the corpus, and the
+converter's handling of models it must unroll or reject. Needs the training extra."""
+
+import json
+import os
+
+import pytest
+
+from conftest import case, run_cli
+
+tf = pytest.importorskip("tensorflow", reason="needs the training extra (pip install 'edge-etc[train]')")
+pytestmark = pytest.mark.train
+
+
+def test_train_convert_run(corpus, tmp_path):
+    out = tmp_path / "model"
+    env = dict(os.environ, EDGE_ETC_CORPUS=corpus)
+    r = run_cli("train", "-o", str(out), "--epochs", "2", "--limit-captures", "30", "-q", env=env, timeout=900)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "macro-F1" in r.stdout
+    meta = json.loads((out / "model.json").read_text())
+    assert not set(meta["split"]["train"]) & set(meta["split"]["test"])
+
+    r = run_cli("convert", str(out / "model.h5"), "--force", "-q", env=env, timeout=900)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "argmax agreement" in r.stdout
+    parity = json.loads((out / "model.tflite.parity.json").read_text())
+    assert parity["windows"] > 0 and "FULLY_CONNECTED" in parity["operators"]
+
+    r = run_cli("run", "--pcap", case("eth_tls_2flows.pcap"), "--model", str(out / "model.tflite"))
+    assert r.returncode == 0, r.stderr
+    labels = meta["labels"]
+    records = [json.loads(line) for line in r.stdout.splitlines()]
+    assert records and all(x["label"] in labels for x in records)
+
+
+def _save(model, path):
+    model.save(path)
+    return str(path)
+
+
+def test_convert_rejects_gru_by_name(tmp_path):
+    import keras
+    inp = keras.Input((3, 64))
+    out = keras.layers.Dense(10, activation="softmax")(keras.layers.GRU(8, name="my_gru")(inp))
+    path = _save(keras.Model(inp, out), tmp_path / "gru.h5")
+    r = run_cli("convert", path)
+    assert r.returncode == 2
+    assert "my_gru" in r.stderr and "GRU" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_convert_unrolls_foreign_lstm(corpus, tmp_path):
+    """A CNN-LSTM trained elsewhere, LSTM not unrolled, input (3, 64): converts with the
+    default preprocessing for 64 bytes."""
+    import keras
+    inp = keras.Input((3, 64))
+    h = keras.layers.Dense(16, activation="relu")(inp)
+    h = keras.layers.LSTM(8, recurrent_dropout=0.1, name="plain_lstm")(h)
+    out = keras.layers.Dense(10, activation="softmax")(h)
+    path = _save(keras.Model(inp, out), tmp_path / "foreign.h5")
+    r = run_cli("convert", path, "--force", env=dict(os.environ, EDGE_ETC_CORPUS=corpus), timeout=900)
+    assert r.returncode == 0, r.stderr[-2000:]
+    info = run_cli("info", str(tmp_path / "foreign.tflite"))
+    meta = json.loads(info.stdout)
+    assert meta["preprocessing"]["vector_bytes"] == 64
+    assert "UNIDIRECTIONAL_SEQUENCE_LSTM" not in meta["operators"]
+
+
+def test_run_rejects_model_without_settings(tmp_path):
+    import keras
+    inp = keras.Input((3, 128))
+    out = keras.layers.Dense(10, activation="softmax")(keras.layers.Flatten()(inp))
+    converter = tf.lite.TFLiteConverter.from_keras_model(keras.Model(inp, out))
+    path = tmp_path / "bare.tflite"
+    path.write_bytes(converter.convert())
+    r = run_cli("run", "--pcap", case("eth_tls_2flows.pcap"), "--model", str(path))
+    assert r.returncode == 2
+    assert "no edge-etc preprocessing settings" in r.stderr
