@@ -6,8 +6,9 @@ Steps:
 2. Raw IP, BSD loopback and Linux cooked (SLL) records get an Ethernet header in place
    of their own link header. tcprewrite 4.4.3 (Debian 12) cannot do this step: with
    --dlt=enet it writes the Ethernet header over the first 14 bytes of the packet
-   instead of replacing the old link header, a known upstream bug of the 4.4 releases.
-3. One "base copy" holds all captures at once: each capture starts CAPTURE_STAGGER_US
+   instead of replacing the old link header, then stops with exit status 255. This is a
+   known upstream bug of the 4.4 releases.
+3. One "base copy" contains all captures at once: each capture starts CAPTURE_STAGGER_US
    after the previous one, keeps its own inter-packet times but with every gap clamped
    to [0, MAX_GAP_US], and all packets are merged in timestamp order. The clamp is
    needed because many corpus files join recordings made years apart.

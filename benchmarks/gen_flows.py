@@ -1,8 +1,8 @@
 """Generate a pcap of many concurrent TLS-like and QUIC-like flows from a seed.
 
-Every flow has 3 to 7 packets. All flows are open at the same time: round r contains the
-r-th packet of every flow that has more than r packets, in a seeded random order, so the
-first packets of all flows (round 0) come before the first flow ends (round 2 at the
+Every flow has 3 to 7 packets, and all flows are open at the same time. Round r contains
+the r-th packet of every flow that has more than r packets, in a seeded random order. So
+the first packets of all flows (round 0) come before the first flow ends (round 2 at the
 earliest). Packets are TIME_STEP_US apart, so 100,000 flows last about 5 seconds and no
 idle timeout of a flow meter expires a flow inside the file.
 

@@ -1,8 +1,9 @@
 """Child process of `edge-etc convert`: the TFLite conversion step alone.
 
 Run as `python -m edge_etc.convert.convert_worker MODEL.keras CALIBRATION.npy OUT.tflite`.
-It lives in its own process because the converter can crash the interpreter (a segmentation
-fault on some recurrent layers); the parent turns such a death into an error message.
+It runs in its own process because the converter can crash the Python interpreter with a
+segmentation fault on some recurrent layers. The parent turns such a crash into an error
+message.
 """
 
 import os

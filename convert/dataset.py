@@ -94,6 +94,7 @@ class Windows:
         flow_capture: capture index per flow number.
         flow_unlabelled: the FLOWS.tsv class of unlabelled flows ("background", "unknown"
             or "unlisted"), per flow number.
+        flow_server_port: {flow number: server port}.
     """
 
     def __init__(self, settings, captures, classes=CLASSES):
@@ -104,6 +105,7 @@ class Windows:
         self.y = self.flow = self.capture = self.position = np.zeros(0, np.int64)
         self.flow_label = self.flow_capture = np.zeros(0, np.int64)
         self.flow_unlabelled = []
+        self.flow_server_port = {}
         self.too_short = 0
 
     def select(self, capture_indices):
@@ -182,6 +184,7 @@ def build_windows(corpus, settings, captures=None, max_windows_per_flow=64, seed
             else:
                 keep = np.arange(n)
             fid = len(flow_label)
+            out.flow_server_port[fid] = flow.server_port
             flow_label.append(label)
             flow_capture.append(ci)
             flow_unlabelled.append(None if label >= 0 else name)
@@ -205,6 +208,19 @@ def build_windows(corpus, settings, captures=None, max_windows_per_flow=64, seed
     log.info("%d windows from %d flows in %d captures (%d labelled windows; %d flows too short)",
              len(out.y), len(flow_label), len(captures), int((out.y >= 0).sum()), out.too_short)
     return out
+
+
+def spread_captures(captures, n):
+    """Return `n` captures taken round-robin over the classes (for quick runs)."""
+    by_class = {}
+    for c in captures:
+        by_class.setdefault(c.label, []).append(c)
+    picked = []
+    while len(picked) < n and any(by_class.values()):
+        for label in sorted(by_class):
+            if by_class[label] and len(picked) < n:
+                picked.append(by_class[label].pop(0))
+    return picked
 
 
 def split_captures(captures, test_share=0.2, seed=0):

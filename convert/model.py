@@ -14,13 +14,28 @@ nothing, and only the unrolled form converts to full-integer int8 TFLite.
 
 
 def build_model(window_packets, vector_bytes, n_classes, filters=(32, 32), feature_units=64,
-                lstm_units=64, dropout=0.2):
-    """Return an uncompiled Keras model."""
+                lstm_units=64, dropout=0.2, context_bytes=0, context_units=32):
+    """Return an uncompiled Keras model.
+
+    With `context_bytes`, the last bytes of each packet vector (the flow context and port
+    buckets) bypass the CNN: a dense layer reads them directly and its output joins the
+    CNN's packet features before the LSTM. The split uses Permute and Cropping1D, which
+    serialize without custom code and convert to TRANSPOSE and STRIDED_SLICE.
+    """
     import keras
     from keras import layers
 
     inp = keras.Input((window_packets, vector_bytes), name="window")
-    h = layers.Reshape((window_packets, vector_bytes, 1))(inp)
+    header_bytes = vector_bytes - context_bytes
+    x = inp
+    if context_bytes:
+        by_byte = layers.Permute((2, 1), name="bytes_first")(inp)
+        header = layers.Cropping1D((0, context_bytes), name="header_bytes")(by_byte)
+        context = layers.Cropping1D((header_bytes, 0), name="context_bytes")(by_byte)
+        x = layers.Permute((2, 1), name="header")(header)
+        c = layers.Permute((2, 1), name="context")(context)
+        c = layers.Dense(context_units, activation="relu", name="context_features")(c)
+    h = layers.Reshape((window_packets, header_bytes, 1))(x)
     for i, f in enumerate(filters):
         h = layers.Conv2D(f, (1, 5), padding="same", activation="relu", name=f"conv{i + 1}")(h)
         h = layers.MaxPooling2D((1, 2), name=f"pool{i + 1}")(h)
@@ -28,6 +43,8 @@ def build_model(window_packets, vector_bytes, n_classes, filters=(32, 32), featu
     h = layers.Reshape((window_packets, length * filters[-1]))(h)
     h = layers.Dropout(dropout)(h)
     h = layers.Dense(feature_units, activation="relu", name="packet_features")(h)
+    if context_bytes:
+        h = layers.Concatenate(name="features")([h, c])
     h = layers.LSTM(lstm_units, unroll=True, name="lstm")(h)
     h = layers.Dropout(dropout)(h)
     out = layers.Dense(n_classes, activation="softmax", name="classes")(h)

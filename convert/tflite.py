@@ -177,9 +177,30 @@ def run_converter(model, calibration, workdir):
         return f.read()
 
 
-def convert_command(keras_path, output, corpus, force, seed):
+def to_int8(model, settings, labels, calibration, info=None, unknown_threshold=0.0):
+    """Quantize an (unrolled) Keras model; return (tflite bytes, runner `Classifier`).
+
+    Args:
+        calibration: uint8 windows (n, packets, bytes) built by the shared preprocessing.
+    """
     from edge_etc.infer import Classifier
     from edge_etc.model import METADATA_NAME, encode_metadata, load_model_info
+
+    calibration = calibration.copy()
+    # Make sure the calibration range covers every byte value, so the input scale is 1/255.
+    calibration[0, 0, 0], calibration[0, 0, 1] = 0, 255
+    with tempfile.TemporaryDirectory(prefix="edge-etc-convert-") as workdir:
+        tflite = run_converter(model, calibration.astype(np.float32) / 255.0, workdir)
+        tflite = add_metadata(tflite, METADATA_NAME,
+                              encode_metadata(labels, settings, unknown_threshold, info=info))
+        tmp_path = os.path.join(workdir, "with_metadata.tflite")
+        with open(tmp_path, "wb") as f:
+            f.write(tflite)
+        classifier = Classifier(load_model_info(tmp_path), batch_size=256)
+    return tflite, classifier
+
+
+def convert_command(keras_path, output, corpus, force, seed):
     from edge_etc.tflite_file import TFLiteModel
 
     corpus = corpus or dataset.default_corpus()
@@ -196,7 +217,9 @@ def convert_command(keras_path, output, corpus, force, seed):
         info = {"trained_on": os.path.basename(meta.get("corpus", "")), "seed": meta.get("seed"),
                 "results": meta.get("results")}
     else:
-        settings = Preprocessing(vector_bytes=vector_bytes, window_packets=packets)
+        # Plain byte vectors: a foreign model knows nothing of edge-etc's context bytes.
+        settings = Preprocessing(vector_bytes=vector_bytes, window_packets=packets, context=False,
+                                 port_buckets=0)
         labels = list(dataset.CLASSES) if n_out == len(dataset.CLASSES) else [f"class{i}" for i in range(n_out)]
         test_paths = set()
         info = {"trained_on": "unknown (no model.json next to the .h5)"}
@@ -221,21 +244,12 @@ def convert_command(keras_path, output, corpus, force, seed):
     if len(train_windows) == 0 or len(test_windows) == 0:
         raise ConfigError(f"{corpus}: no windows to calibrate with or to check parity on")
     calib = data.x[rng.choice(train_windows, min(CALIBRATION_WINDOWS, len(train_windows)), replace=False)]
-    # Make sure the calibration range covers every byte value, so the input scale is 1/255.
-    calib[0, 0, 0], calib[0, 0, 1] = 0, 255
     parity_idx = rng.choice(test_windows, min(PARITY_WINDOWS, len(test_windows)), replace=False)
 
     model = unrolled_copy(model)
-    with tempfile.TemporaryDirectory(prefix="edge-etc-convert-") as workdir:
-        tflite = run_converter(model, calib.astype(np.float32) / 255.0, workdir)
-        tflite = add_metadata(tflite, METADATA_NAME,
-                              encode_metadata(labels, settings, unknown_threshold=0.0, info=info))
-        tmp_path = os.path.join(workdir, "with_metadata.tflite")
-        with open(tmp_path, "wb") as f:
-            f.write(tflite)
-        int8 = Classifier(load_model_info(tmp_path), batch_size=256)
-        windows = [data.x[i].tobytes() for i in parity_idx]
-        p_int8 = int8.predict(windows)
+    threshold = float(meta.get("unknown_threshold", 0.0)) if meta else 0.0
+    tflite, int8 = to_int8(model, settings, labels, calib, info=info, unknown_threshold=threshold)
+    p_int8 = int8.predict([data.x[i].tobytes() for i in parity_idx])
     p_float = model.predict(data.x[parity_idx].astype(np.float32) / 255.0, batch_size=512, verbose=0)
     agreement = float((p_int8.argmax(1) == p_float.argmax(1)).mean())
     max_diff = float(np.abs(p_int8 - p_float).max())

@@ -43,8 +43,18 @@ def set_seed(seed):
     keras.utils.set_random_seed(seed)
 
 
-def fit(data, train_idx, settings, epochs, seed, val_share=0.15):
-    """Train a model on the windows of captures `train_idx`; return the Keras model."""
+def fit(data, train_idx, settings, epochs, seed, val_share=0.15, position_limit=None,
+        return_val=False, early_stopping=False):
+    """Train a model on the windows of captures `train_idx`; return the Keras model.
+
+    Args:
+        position_limit: train only on windows at positions below this (an ablation: windows
+            from the first packets only); None uses windows from any position.
+        return_val: also return the validation capture indices.
+        early_stopping: stop when the validation loss stops falling and keep the best
+            epoch. Off by default: the validation captures are few, and stopping on them
+            scored lower in grouped cross-validation than a fixed number of epochs.
+    """
     import keras
 
     from .model import build_model
@@ -58,6 +68,8 @@ def fit(data, train_idx, settings, epochs, seed, val_share=0.15):
 
     def part(caps):
         m = data.select(caps) & (data.y >= 0)
+        if position_limit is not None:
+            m &= data.position < position_limit
         return (data.x[m].astype(np.float32) / 255.0, data.y[m],
                 flow_balanced_weights(data.y[m], data.flow[m], n_classes))
 
@@ -65,14 +77,18 @@ def fit(data, train_idx, settings, epochs, seed, val_share=0.15):
     x_va, y_va, w_va = part(inner_val)
     log.info("training on %d windows (%d captures), validating on %d windows (%d captures)",
              len(y_tr), len(inner_train), len(y_va), len(inner_val))
-    model = build_model(settings.window_packets, settings.vector_bytes, n_classes)
+    model = build_model(settings.window_packets, settings.vector_bytes, n_classes,
+                        context_bytes=settings.context_bytes)
     model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy",
                   weighted_metrics=["accuracy"])
-    callbacks = [keras.callbacks.EarlyStopping(monitor="val_loss", patience=6,
-                                               restore_best_weights=True)]
+    callbacks = []
+    if early_stopping:
+        callbacks.append(keras.callbacks.EarlyStopping(monitor="val_loss", patience=6,
+                                                       restore_best_weights=True))
     model.fit(x_tr, y_tr, sample_weight=w_tr, validation_data=(x_va, y_va, w_va),
-              epochs=epochs, batch_size=256, shuffle=True, callbacks=callbacks, verbose=1)
-    return model
+              epochs=epochs, batch_size=256, shuffle=True, callbacks=callbacks,
+              verbose=1 if log.isEnabledFor(logging.INFO) else 0)
+    return (model, inner_val) if return_val else model
 
 
 def evaluate(model, data, test_idx, max_windows=5):
@@ -88,27 +104,20 @@ def evaluate(model, data, test_idx, max_windows=5):
     }
 
 
+def settings_from_options(**options):
+    """Return `Preprocessing` with the options that were given (None means the default)."""
+    return Preprocessing(**{k: v for k, v in options.items() if v is not None})
+
+
 def train_command(corpus, output, epochs, seed, vector_bytes, window_rule, no_server_port,
-                  limit_captures):
+                  limit_captures, context=None, port_buckets=None):
     corpus = corpus or dataset.default_corpus()
-    kwargs = {}
-    if vector_bytes is not None:
-        kwargs["vector_bytes"] = vector_bytes
-    if window_rule is not None:
-        kwargs["window_rule"] = window_rule
-    settings = Preprocessing(server_port=not no_server_port, **kwargs)
+    settings = settings_from_options(vector_bytes=vector_bytes, window_rule=window_rule,
+                                     server_port=False if no_server_port else None,
+                                     context=context, port_buckets=port_buckets)
     captures = dataset.read_manifest(corpus)
     if limit_captures:
-        # Keep classes spread: take captures round-robin over classes.
-        by_class = {}
-        for c in captures:
-            by_class.setdefault(c.label, []).append(c)
-        picked = []
-        while len(picked) < limit_captures and any(by_class.values()):
-            for label in sorted(by_class):
-                if by_class[label] and len(picked) < limit_captures:
-                    picked.append(by_class[label].pop(0))
-        captures = picked
+        captures = dataset.spread_captures(captures, limit_captures)
     started = time.time()
     data = dataset.build_windows(corpus, settings, captures, seed=seed)
     if not (data.y >= 0).any():

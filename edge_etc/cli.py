@@ -8,13 +8,20 @@ Imports stay inside the command bodies: `edge-etc --help` and `edge-etc run` nev
 TensorFlow, and `--help` does not even import numpy.
 """
 
-import logging
 import os
+
+# One BLAS thread, set before anything imports numpy: the numpy backend's matrix products
+# are small, and OpenBLAS threads competing for a router's few cores made it several times
+# slower (measured on a loaded 2-core machine: 17,158 against 2,590 windows/s).
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+import logging
 import signal
 import sys
 
 import click
 
+from . import config
 from .errors import EdgeEtcError, ExitCode
 
 log = logging.getLogger("edge_etc")
@@ -92,55 +99,68 @@ class Control:
 
 
 @main.command()
+@click.option("--config", "config_file", metavar="FILE",
+              help="TOML settings file ('edge-etc config --defaults' prints one); options "
+                   "given on the command line override it.")
 @click.option("--pcap", "pcap_file", metavar="FILE",
               help="Classify a capture file (pcap or pcapng, optionally gzip/bzip2/xz).")
-@click.option("--iface", metavar="IFACE", help="Classify live traffic on a network interface ('any' for all).")
-@click.option("--filter", "bpf", metavar="BPF", help="BPF filter for live capture, e.g. 'tcp or udp'.")
-@click.option("--model", "model_path", metavar="FILE",
-              help="int8 .tflite model written by 'edge-etc convert' [default: the bundled model].")
-@click.option("--backend", type=click.Choice(["auto", "litert", "tflite-runtime"]), default="auto",
-              show_default=True, help="TFLite interpreter package to use.")
-@click.option("-o", "--output", metavar="FILE",
-              help="Append JSON lines to FILE instead of stdout; SIGHUP reopens it.")
-@click.option("--max-flows", type=click.IntRange(1, 10_000_000), default=65536, show_default=True,
-              help="Flow table capacity; the least recently used flow is evicted when full.")
-@click.option("--idle-timeout", type=click.FloatRange(0.001), default=120.0, show_default=True,
-              help="Seconds without a packet after which a flow expires.")
-@click.option("--max-windows", type=click.IntRange(1, 1000), default=5, show_default=True,
-              help="Windows per flow whose probabilities are averaged into the decision.")
-@click.option("--batch-size", type=click.IntRange(1, 4096), default=64, show_default=True,
-              help="Windows per interpreter call.")
-@click.option("--snaplen", type=click.IntRange(64, 262144), default=65535, show_default=True,
-              help="Live capture snapshot length in bytes.")
-@click.option("--promisc", is_flag=True, help="Put the interface into promiscuous mode.")
+@config.run_option("capture.interface")
+@config.run_option("capture.filter")
+@config.run_option("model.path")
+@config.run_option("model.backend")
+@config.run_option("output.json_file")
+@config.run_option("flows.max_flows")
+@config.run_option("flows.idle_timeout_s")
+@config.run_option("flows.max_windows")
+@config.run_option("model.batch_size")
+@config.run_option("capture.snaplen")
+@config.run_option("capture.promisc")
+@config.run_option("output.syslog")
+@config.run_option("output.syslog_facility")
+@config.run_option("output.syslog_address")
+@config.run_option("output.prometheus_file")
+@config.run_option("output.prometheus_interval_s")
+@config.run_option("output.anonymize")
+@config.run_option("output.anonymize_key_file")
+@config.run_option("service.log_level")
+@config.run_option("service.user")
 @click.option("--strict", is_flag=True, help="Exit with code 3 when a capture file ends inside a record.")
 @_verbosity
-def run(pcap_file, iface, bpf, model_path, backend, output, max_flows, idle_timeout,
-        max_windows, batch_size, snaplen, promisc, strict, verbose, quiet):
+@click.pass_context
+def run(ctx, config_file, pcap_file, strict, verbose, quiet, **options):
     """Classify the flows of a capture file or a live interface.
 
     Writes one JSON object per line for each flow when it is first classified, and again
     when a later window changes its label. Logs and the summary go to stderr.
     """
-    setup_logging(verbose, quiet)
-    if bool(pcap_file) == bool(iface):
-        raise click.UsageError("give exactly one of --pcap FILE or --iface IFACE")
+    given_options = config.options_given(ctx)
     try:
-        code = _run(pcap_file, iface, bpf, model_path, backend, output, max_flows, idle_timeout,
-                    max_windows, batch_size, snaplen, promisc, strict)
+        settings = config.from_options(config_file, options, given_options)
+    except EdgeEtcError as e:
+        fail(str(e), e.exit_code)
+    setup_logging(verbose, quiet, default=logging.getLevelName(settings.service.log_level.upper()))
+    if pcap_file and "iface" in given_options:
+        raise click.UsageError("give exactly one of --pcap FILE or --iface IFACE")
+    # --pcap replaces the live interface of a --config file.
+    iface = None if pcap_file else settings.capture.interface
+    if not pcap_file and not iface:
+        raise click.UsageError("give --pcap FILE or --iface IFACE, or set capture.interface "
+                               "in the --config file")
+    try:
+        code = _run(pcap_file, iface, settings, strict)
     except EdgeEtcError as e:
         fail(str(e), e.exit_code)
     sys.exit(code)
 
 
-def _run(pcap_file, iface, bpf, model_path, backend, output, max_flows, idle_timeout,
-         max_windows, batch_size, snaplen, promisc, strict):
+def _run(pcap_file, iface, settings, strict):
     from .capfile import CaptureFile
     from .decode import SUPPORTED_LINKTYPES
     from .errors import CaptureFileError
     from .infer import Classifier
     from .model import default_model_path, load_model_info
-    from .runner import JsonLines, Pipeline, run_file
+    from .outputs import Outputs, drop_privileges
+    from .runner import Pipeline, run_file
 
     # Open the input first: a bad file name is the most common mistake and needs no model.
     capture = handle = None
@@ -153,31 +173,41 @@ def _run(pcap_file, iface, bpf, model_path, backend, output, max_flows, idle_tim
                                    f"(supported: {', '.join(str(k) for k in sorted(SUPPORTED_LINKTYPES))})")
     else:
         from .capture import open_live
-        handle = open_live(iface, bpf, snaplen=snaplen, promisc=promisc)
+        handle = open_live(iface, settings.capture.filter, snaplen=settings.capture.snaplen,
+                           promisc=settings.capture.promisc)
 
-    model = load_model_info(model_path or default_model_path())
+    # Open every output file while still privileged, then switch users before any model
+    # file or packet is parsed.
+    outputs = Outputs.open(settings.output, stream=sys.stdout)
+    if settings.service.user:
+        drop_privileges(settings.service.user)
+
+    model = load_model_info(settings.model.path or default_model_path())
     pre = model.preprocessing
     log.info("model %s: labels %s; vectors of %d bytes, windows of %d %s packets",
              model.path, ",".join(model.labels), pre.vector_bytes, pre.window_packets,
              "payload-carrying" if pre.window_rule == "payload" else "")
-    classifier = Classifier(model, batch_size=batch_size, backend=backend)
+    classifier = Classifier(model, batch_size=settings.model.batch_size,
+                            backend=settings.model.backend)
     # 14 bytes: the smallest common link header (Ethernet) before the IP header.
     if capture is not None and capture.snaplen and capture.snaplen - 14 < pre.vector_bytes:
         log.warning("%s: snapshot length %d leaves less than the model's %d bytes per packet "
                     "after the link header; vectors are zero-padded after the captured bytes",
                     pcap_file, capture.snaplen, pre.vector_bytes)
 
-    sink = JsonLines(output, stream=sys.stdout)
-    pipeline = Pipeline(classifier, sink, max_flows=max_flows, idle_timeout_s=idle_timeout,
-                        max_windows=max_windows, batch_size=batch_size)
-    control = Control(pipeline.log_summary, sink.reopen)
+    flows = settings.flows
+    pipeline = Pipeline(classifier, outputs, max_flows=flows.max_flows,
+                        idle_timeout_s=flows.idle_timeout_s, max_windows=flows.max_windows,
+                        batch_size=settings.model.batch_size)
+    outputs.attach(pipeline)
+    control = Control(pipeline.log_summary, outputs.reopen)
     try:
         if capture is not None:
             with capture:
                 run_file(pipeline, capture, control)
         else:
             from .capture import run_live
-            run_live(handle, pipeline, control, sink.flush)
+            run_live(handle, pipeline, control, outputs.flush)
         if control.stop:
             log.info("stopping on %s", control.signal_name)
         pipeline.finish()
@@ -188,13 +218,31 @@ def _run(pcap_file, iface, bpf, model_path, backend, output, max_flows, idle_tim
         return ExitCode.OK
     finally:
         try:
-            sink.close()
+            outputs.close()
         except BrokenPipeError:
             pass
     pipeline.log_summary()
     if capture is not None and capture.stopped and strict:
         return ExitCode.INCOMPLETE
     return ExitCode.OK
+
+
+@main.command("config")
+@click.option("--defaults", is_flag=True, help="Print every key with its default.")
+@click.argument("config_file", metavar="[FILE]", required=False)
+def show_config(defaults, config_file):
+    """Print the settings of `run` as a commented TOML file.
+
+    With --defaults, print every key with its default; the output is a valid settings
+    file. With FILE, check FILE and print the settings it gives, defaults filled in.
+    """
+    if defaults == bool(config_file):
+        raise click.UsageError("give either --defaults or a settings FILE")
+    try:
+        settings = config.load(config_file) if config_file else config.DEFAULTS
+    except EdgeEtcError as e:
+        fail(str(e), e.exit_code)
+    click.echo(config.render(settings), nl=False)
 
 
 def _training_module(name):
@@ -227,29 +275,77 @@ def convert(keras_model, output, corpus, force, seed, verbose, quiet):
         fail(str(e), e.exit_code)
 
 
+def _preprocessing_options(f):
+    """Options shared by `train` and `evaluate`: the corpus, the seed and the settings."""
+    options = [
+        click.option("--corpus", metavar="DIR", default=None,
+                     help="Captures with FLOWS.tsv [default: ../shared/corpus or $EDGE_ETC_CORPUS]."),
+        click.option("--seed", type=int, default=0, show_default=True, help="Random seed."),
+        click.option("--vector-bytes", type=click.IntRange(40, 4096), default=None,
+                     help="Bytes per packet vector [default: the preprocessing default]."),
+        click.option("--window-rule", type=click.Choice(["payload", "all"]), default=None,
+                     help="Which packets form windows [default: payload]."),
+        click.option("--no-server-port", is_flag=True, help="Mask the server port too."),
+        click.option("--context/--no-context", default=None,
+                     help="End each packet vector with flow context bytes (direction, gap, size, "
+                          "port) [default: the preprocessing default]."),
+        click.option("--port-buckets", type=click.IntRange(0, 4096), default=None,
+                     help="One-hot server port buckets after the context bytes (needs --context)."),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
 @main.command()
-@click.option("--corpus", metavar="DIR", default=None,
-              help="Captures with FLOWS.tsv [default: ../shared/corpus or $EDGE_ETC_CORPUS].")
+@_preprocessing_options
 @click.option("-o", "--output", metavar="DIR", default="model", show_default=True,
               help="Folder for model.h5, labels and settings.")
-@click.option("--epochs", type=click.IntRange(1, 1000), default=30, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")
-@click.option("--vector-bytes", type=click.IntRange(40, 4096), default=None,
-              help="Bytes per packet vector [default: the preprocessing default].")
-@click.option("--window-rule", type=click.Choice(["payload", "all"]), default=None,
-              help="Which packets form windows [default: payload].")
-@click.option("--no-server-port", is_flag=True, help="Mask the server port too.")
+@click.option("--epochs", type=click.IntRange(1, 1000), default=15, show_default=True,
+              help="Training epochs (a fixed number: no early stopping).")
 @click.option("--limit-captures", type=click.IntRange(1), default=None,
-              help="Use only the first N captures (for quick tests).")
+              help="Use only N captures, spread over the classes (for quick tests).")
 @_verbosity
-def train(corpus, output, epochs, seed, vector_bytes, window_rule, no_server_port,
-          limit_captures, verbose, quiet):
+def train(corpus, seed, vector_bytes, window_rule, no_server_port, context, port_buckets, output,
+          epochs, limit_captures, verbose, quiet):
     """Train the CNN-LSTM on labelled captures, holding out captures for evaluation."""
     setup_logging(verbose, quiet)
     mod = _training_module("train")
     try:
         mod.train_command(corpus, output, epochs, seed, vector_bytes, window_rule,
-                          no_server_port, limit_captures)
+                          no_server_port, limit_captures, context=context,
+                          port_buckets=port_buckets)
+    except EdgeEtcError as e:
+        fail(str(e), e.exit_code)
+
+
+@main.command()
+@_preprocessing_options
+@click.option("-o", "--output", metavar="DIR", default="evaluation", show_default=True,
+              help="Folder for evaluation.json, evaluation.txt and confusion matrices.")
+@click.option("--preset", type=click.Choice(["full", "ci"]), default="full", show_default=True,
+              help="full: 5 folds, 15 epochs; ci: 2 folds, 2 epochs, 30 captures.")
+@click.option("--window-packets", type=click.IntRange(1, 16), default=None,
+              help="Packets per window (ablation: 1, 2, 3, 5).")
+@click.option("--no-mask-addresses", is_flag=True, help="Ablation: leave IP addresses visible.")
+@click.option("--max-windows", type=click.IntRange(1, 1000), default=5, show_default=True,
+              help="Windows combined per flow decision (ablation: 1).")
+@click.option("--first-only", is_flag=True,
+              help="Ablation: train on windows from the first packets of flows only.")
+@click.option("--baselines/--no-baselines", default=True, show_default=True,
+              help="Also score the port, statistics and one-packet baselines.")
+@click.option("--int8/--no-int8", default=True, show_default=True, help="Also quantize and score int8 models.")
+@_verbosity
+def evaluate(corpus, seed, vector_bytes, window_rule, no_server_port, context, port_buckets, output,
+             preset, window_packets, no_mask_addresses, max_windows, first_only, baselines, int8,
+             verbose, quiet):
+    """Cross-validate the CNN-LSTM by capture file, with baselines and ablations."""
+    setup_logging(verbose, quiet)
+    mod = _training_module("evaluate")
+    try:
+        mod.evaluate_command(corpus, output, preset, seed, vector_bytes, window_rule, no_server_port,
+                             no_mask_addresses, context, window_packets, max_windows, first_only,
+                             baselines, int8, port_buckets=port_buckets)
     except EdgeEtcError as e:
         fail(str(e), e.exit_code)
 

@@ -22,7 +22,7 @@ from .errors import ConfigError, EdgeEtcError
 
 # Interpreter backends `edge_etc.infer.find_interpreter` accepts (kept equal to
 # edge_etc.infer.BACKENDS by a test, because infer.py imports numpy and this module must not).
-BACKENDS = ("auto", "litert", "tflite-runtime")
+BACKENDS = ("auto", "litert", "tflite-runtime", "numpy")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 # Facility names accepted by logging.handlers.SysLogHandler.
 SYSLOG_FACILITIES = ("auth", "authpriv", "cron", "daemon", "ftp", "kern", "lpr", "mail",
@@ -36,7 +36,7 @@ _USER_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,31}")
 
 @dataclasses.dataclass(frozen=True)
 class Setting:
-    """How one key is checked, documented and offered as a `run` option.
+    """Checks, documentation and `run` option of one key.
 
     Attributes:
         help: one sentence for `--help` and the `config --defaults` comment.
@@ -46,6 +46,7 @@ class Setting:
         minimum, maximum: inclusive range of a number; None for no bound.
         choices: the allowed strings, or None for any string.
         metavar: the placeholder shown in `--help`.
+        short: a one-letter alias of the option, e.g. "-o".
     """
 
     help: str
@@ -56,6 +57,7 @@ class Setting:
     maximum: float = None
     choices: tuple = None
     metavar: str = None
+    short: str = None
 
 
 def _setting(default, help, option, param, **kwargs):
@@ -157,8 +159,8 @@ class CaptureConfig(_Section):
     SECTION = "capture"
 
     interface: str = _setting(
-        "", "Network interface for live capture ('any' for all); empty for none, so the "
-        "input must come from --pcap or --iface.", "--iface", "iface", metavar="IFACE")
+        "", "Network interface to capture from ('any' for all); --pcap FILE replaces it, "
+        "and empty means none.", "--iface", "iface", metavar="IFACE")
     filter: str = _setting(
         "", "BPF filter for live capture, e.g. 'tcp or udp'; empty for all packets.",
         "--filter", "bpf", metavar="BPF")
@@ -166,8 +168,8 @@ class CaptureConfig(_Section):
         65535, "Live capture snapshot length.", "--snaplen", "snaplen", unit="bytes",
         minimum=64, maximum=262144)
     promisc: bool = _setting(
-        False, "Put the interface into promiscuous mode (needs CAP_NET_ADMIN as well as "
-        "CAP_NET_RAW).", "--promisc/--no-promisc", "promisc")
+        False, "Put the interface into promiscuous mode, to see traffic between other hosts "
+        "on a shared link.", "--promisc/--no-promisc", "promisc")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -180,7 +182,8 @@ class ModelConfig(_Section):
         "", "int8 .tflite model written by 'edge-etc convert'; empty for the bundled model.",
         "--model", "model_path", metavar="FILE")
     backend: str = _setting(
-        "auto", "TFLite interpreter package to use.", "--backend", "backend", choices=BACKENDS)
+        "auto", "Interpreter: 'auto' tries ai-edge-litert, then tflite-runtime, then the "
+        "slower built-in numpy backend.", "--backend", "backend", choices=BACKENDS)
     batch_size: int = _setting(
         64, "Windows per interpreter call.", "--batch-size", "batch_size", unit="windows",
         minimum=1, maximum=4096)
@@ -206,13 +209,13 @@ class FlowConfig(_Section):
 
 @dataclasses.dataclass(frozen=True)
 class OutputConfig(_Section):
-    """Where the flow records and counters go."""
+    """Destinations of the flow records and counters."""
 
     SECTION = "output"
 
     json_file: str = _setting(
         STDOUT, "File that JSON lines are appended to ('-' for stdout, empty for none); "
-        "SIGHUP reopens it.", "--output", "output", metavar="FILE")
+        "SIGHUP reopens it.", "--output", "output", metavar="FILE", short="-o")
     syslog: bool = _setting(
         False, "Also send each record to syslog.", "--syslog/--no-syslog", "syslog")
     syslog_facility: str = _setting(
@@ -383,31 +386,32 @@ def options_given(ctx):
     """Return the names of `ctx`'s parameters that the user set, on the command line or
     through an EDGE_ETC_... environment variable, as opposed to click defaults."""
     from click.core import ParameterSource
-    given = (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)
-    return {name for name in ctx.params if ctx.get_parameter_source(name) in given}
+    user_sources = (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)
+    return {name for name in ctx.params if ctx.get_parameter_source(name) in user_sources}
 
 
-def from_options(path, params, given):
-    """Return the Config of a run: the file at `path` (if any), then the options in `given`.
+def from_options(path, params, given_params):
+    """Return the Config of a run: the file at `path` (if any), then the given options.
 
     Args:
         path: the `--config` file or None.
         params: click parameter values of `run`, by parameter name.
-        given: names of the parameters the user set (see `options_given`).
+        given_params: names of the parameters the user set (see `options_given`).
     """
     overrides, origins = {}, {}
     for key, spec, _kind, _default in settings():
-        if spec.param in given:
+        if spec.param in given_params:
             overrides[key] = params[spec.param]
             origins[key] = spec.option.split("/")[0]
     return load(path, overrides, origins)
 
 
-def click_option(key):
-    """Return the keyword arguments of the `run` option of `key` for `click.option`."""
+def run_option(key):
+    """Return the `click.option` decorator of the `run` option that overrides `key`."""
     import click
 
     spec, kind, default = setting(key)
+    decls = [spec.short, spec.option] if spec.short else [spec.option]
     kwargs = {"default": default, "help": spec.help, "show_default": True}
     if kind is bool:
         kwargs["show_default"] = False
@@ -418,12 +422,12 @@ def click_option(key):
     elif kind is float:
         kwargs["type"] = click.FloatRange(spec.minimum, spec.maximum)
     else:
-        kwargs["show_default"] = default not in ("", None)
+        kwargs["show_default"] = default != ""
     if spec.metavar:
         kwargs["metavar"] = spec.metavar
     if spec.unit and kind in (int, float):
         kwargs["help"] = f"{spec.help} Unit: {spec.unit}."
-    return kwargs
+    return click.option(*decls, spec.param, **kwargs)
 
 
 def _toml_value(value):

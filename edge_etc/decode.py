@@ -57,8 +57,8 @@ FIN, SYN, RST, PSH, ACK = 0x01, 0x02, 0x04, 0x08, 0x10
 class Packet:
     """A decoded TCP or UDP packet.
 
-    `ip` holds the captured bytes from the first byte of the IP header on, never more than
-    were captured. `l4_offset` is where the TCP or UDP header starts inside `ip` (after
+    `ip` contains the captured bytes from the first byte of the IP header on, never more
+    than were captured. `l4_offset` is where the TCP or UDP header starts inside `ip` (after
     IPv4 options or IPv6 extension headers) and `payload_len` comes from the IP and
     transport headers, so Ethernet padding is never counted as payload.
     """
@@ -238,8 +238,8 @@ class Decoder:
             linktype: libpcap link type of the frame.
             frame: the captured bytes (possibly cut short by the snapshot length).
             wire_len: the frame's length on the wire, as the capture header states, or
-                None when unknown (live capture through pypcap); the IP header's length
-                fields are then trusted.
+                None when unknown (live capture through pypcap). Without it the IP
+                header's length fields are trusted.
 
         Returns:
             A `Packet`, or None when the frame was an IP fragment that the reassembly buffer
@@ -390,8 +390,8 @@ def _tcp_options_valid(ip, start, end):
 class Reassembler:
     """Bounded IPv4 and IPv6 fragment reassembly.
 
-    A datagram waits at most `timeout_s` (in capture time) for its missing fragments; at
-    most `max_datagrams` wait at once and the oldest is dropped to make room; a datagram
+    A datagram waits at most `timeout_s` of capture time for its missing fragments. At
+    most `max_datagrams` wait at once, and the oldest is dropped to make room. A datagram
     longer than 65,535 bytes, or with overlapping fragments, is dropped. Dropped fragments
     are counted in `dropped` by reason; they never turn into flows.
 

@@ -6,9 +6,9 @@ at most `max_flows` flows, least-recently-used first out, and flows idle for
 needs: the vectors of the last `window_packets - 1` usable packets, nothing before the
 flow carries a usable packet, and nothing once it has produced `max_windows` windows.
 
-Clock: the table's time `now` is the largest packet time stamp seen so far, so a time
-stamp that jumps backwards neither expires nor corrupts anything (the packet still counts in
-its flow), and a jump forward expires the flows it makes idle, once.
+Clock: the table's time `now` is the largest packet time stamp seen so far. A time stamp
+that jumps backwards therefore neither expires nor corrupts anything, and the packet still
+counts in its flow. A jump forward expires the flows it makes idle, once.
 
 Client and server: the client is the sender of a TCP SYN (or the receiver of a SYN+ACK)
 when the handshake is seen; otherwise the endpoint with the higher port number, because
@@ -34,19 +34,20 @@ _JUMP_LOG_FACTOR = 10
 class Flow:
     """State of one flow.
 
-    `recent` holds the vectors for the next window (None before the first usable packet
-    and after the last window); `prob_sum`, `label` and `confidence` belong to the runner,
-    which combines the model outputs of the flow's windows.
+    `recent` contains the vectors for the next window. It is None before the first usable
+    packet and after the last window. `prob_sum`, `label` and `confidence` belong to the
+    runner, which combines the model outputs of the flow's windows.
     """
 
     __slots__ = ("proto", "client", "client_port", "server", "server_port", "first_ts",
-                 "last_seen", "packets", "recent", "windows", "results", "prob_sum",
-                 "label", "confidence", "closing", "serial")
+                 "last_seen", "last_ts", "packets", "recent", "windows", "results",
+                 "prob_sum", "label", "confidence", "closing", "serial")
 
     def __init__(self, pkt, serial):
         self.proto = pkt.proto
         self.first_ts = pkt.ts
         self.last_seen = pkt.ts
+        self.last_ts = pkt.ts  # time stamp of the flow's latest packet, for the gap
         self.packets = 0
         self.recent = None
         self.windows = 0
@@ -148,13 +149,15 @@ class FlowTable:
                 flows.move_to_end(key)
         flow.packets += 1
         flow.last_seen = now
+        gap_s = ts - flow.last_ts
+        flow.last_ts = ts
         if pkt.tcp_flags & (FIN | RST):
             flow.closing = True
 
         settings = self.settings
         if flow.windows >= self.max_windows or not settings.takes(pkt):
             return
-        vec = vectorize(pkt, pkt.dst == flow.server and pkt.dport == flow.server_port, settings)
+        vec = vectorize(pkt, pkt.dst == flow.server and pkt.dport == flow.server_port, settings, gap_s)
         recent = flow.recent
         if recent is None:
             recent = flow.recent = []

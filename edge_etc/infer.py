@@ -3,8 +3,11 @@
 Backends, tried in this order unless one is asked for:
 - `ai-edge-litert` (module `ai_edge_litert.interpreter`), which runs with numpy 2;
 - `tflite-runtime` (module `tflite_runtime.interpreter`), whose last release (2.14) needs
-  numpy < 2 and fails only when the interpreter is created: that failure is turned into an
+  numpy < 2 and fails only when the interpreter is created. That failure is turned into an
   error that says so.
+- `numpy` (`edge_etc.numpy_backend`), an int8 interpreter of edge-etc's own for machines
+  where no TFLite wheel installs (OpenWrt on musl, MIPS, 32-bit ARM). With "auto" it is the
+  last resort, and the start-up log says so.
 
 Quantization: model inputs are the packet bytes scaled to [0, 1] (byte / 255). The runner
 quantizes them with the model's own input scale and zero point,
@@ -21,7 +24,7 @@ from .errors import InterpreterError, ModelError
 
 log = logging.getLogger(__name__)
 
-BACKENDS = ("auto", "litert", "tflite-runtime")
+BACKENDS = ("auto", "litert", "tflite-runtime", "numpy")
 
 
 def _import_backend(name):
@@ -31,14 +34,21 @@ def _import_backend(name):
     if name == "tflite-runtime":
         from tflite_runtime.interpreter import Interpreter
         return Interpreter, "tflite-runtime", importlib.metadata.version("tflite-runtime")
+    if name == "numpy":
+        from . import __version__
+        from .numpy_backend import Interpreter
+        return Interpreter, "edge-etc numpy", __version__
     raise InterpreterError(f"unknown interpreter backend {name!r}; expected one of {', '.join(BACKENDS)}")
 
 
 def find_interpreter(backend="auto"):
     """Return (Interpreter class, package name, version) for `backend`.
 
+    With "auto", the numpy backend (`edge_etc.numpy_backend`, TFLite's reference integer
+    arithmetic in numpy) runs when no TFLite interpreter imports, after a warning.
+
     Raises:
-        InterpreterError: the requested backend, or with "auto" every backend, fails to import.
+        InterpreterError: the requested backend fails to import.
     """
     names = ("litert", "tflite-runtime") if backend == "auto" else (backend,)
     errors = []
@@ -47,6 +57,11 @@ def find_interpreter(backend="auto"):
             return _import_backend(name)
         except (ImportError, importlib.metadata.PackageNotFoundError) as e:
             errors.append(f"{name}: {e}")
+    if backend == "auto":
+        log.warning("no TFLite interpreter could be imported (%s); using the numpy backend, "
+                    "which is slower; install ai-edge-litert where a wheel exists",
+                    "; ".join(errors))
+        return _import_backend("numpy")
     raise InterpreterError("no TFLite interpreter could be imported (" + "; ".join(errors) +
                            "); install one with: pip install ai-edge-litert")
 
@@ -85,6 +100,8 @@ class Classifier:
         self.window_shape = (pre.window_packets, pre.vector_bytes)
         try:
             self.interpreter = Interpreter(model_content=model.data, num_threads=num_threads)
+        except ModelError as e:  # the numpy backend names an unsupported operator
+            raise ModelError(f"{model.path}: {e}") from None
         except Exception as e:  # the interpreters raise ValueError or RuntimeError, or numpy's ImportError
             hint = ""
             if self.backend_name == "tflite-runtime" and np.__version__.startswith("2"):

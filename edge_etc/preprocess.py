@@ -10,9 +10,9 @@ Vector layout (one row of `vector_bytes` unsigned bytes per packet, link layer d
 
 - The IP header is copied as captured: IPv4 with its options, IPv6 with its extension
   headers up to the transport header.
-- TCP headers keep their length (options included); a UDP header is followed by 12 zero
-  bytes, so it fills 20 bytes like an option-less TCP header and the first payload byte of a
-  UDP datagram over IPv4 without options sits at offset 40.
+- TCP headers keep their length, options included.
+- A UDP header is followed by 12 zero bytes, so it fills 20 bytes like an option-less TCP
+  header. The first payload byte of a UDP datagram over IPv4 without options is at offset 40.
 - Only captured bytes are copied; a packet cut by the snapshot length, or shorter than
   `vector_bytes`, is padded with zeros.
 
@@ -27,6 +27,26 @@ Masking (applied to the copy, never to the capture):
   length stays); the UDP checksum. Length fields and TCP flags stay: they carry the packet
   sizes and the connection state.
 
+Flow context (`context`): when set, the last `CONTEXT_BYTES` bytes of each vector carry
+what the header bytes hide or scatter, each scaled to one byte, and the header part is
+`vector_bytes - CONTEXT_BYTES` long:
+
+    [0] direction: 0 client to server, 255 server to client
+    [1] gap since the flow's previous packet: round(20 * log10(1 + microseconds)), at most
+        255 (1 ms is 60, 1 s is 120); 0 for the first packet or a time stamp going back
+    [2] transport payload length: round(16 * log2(1 + bytes)), at most 255
+    [3:5] transport payload length in bytes, big-endian, at most 65,535
+    [5:7] server port, big-endian (zero unless `server_port`)
+    [7] TCP flags (0 for UDP)
+
+Server port buckets (`port_buckets`, only with `context` and `server_port`): after the
+context bytes, a one-hot block of `port_buckets` bytes in which the byte of the server
+port's bucket is 255 and the others 0. The bucket is (port * 2654435761 mod 2**32) mod
+port_buckets, a multiplicative hash that spreads neighbouring ports. A dense layer over
+this block learns one weight vector per bucket: an embedding of the port, which the two
+scaled port bytes above cannot give a small network. The block is part of the context, so
+the header part is `vector_bytes - CONTEXT_BYTES - port_buckets` bytes.
+
 Which packets form windows (`window_rule`): "payload" uses only packets that carry
 transport payload (handshakes and pure ACKs are skipped), "all" uses every packet. A window
 is `window_packets` consecutive such packets of one flow, in capture order.
@@ -34,17 +54,19 @@ is `window_packets` consecutive such packets of one flow, in capture order.
 
 import dataclasses
 import json
+import math
 
 from .errors import ConfigError
 
 SETTINGS_FORMAT = "edge-etc-preprocessing"
 SETTINGS_VERSION = 1
 WINDOW_RULES = ("payload", "all")
+CONTEXT_BYTES = 8
 
 
 @dataclasses.dataclass(frozen=True)
 class Preprocessing:
-    """How packets become model input; stored in every model file.
+    """Preprocessing settings: how packets become model input, stored in every model file.
 
     Attributes:
         vector_bytes: bytes per packet vector, counted from the IP header.
@@ -54,6 +76,7 @@ class Preprocessing:
         mask_addresses: zero IP addresses (False only for ablation studies).
         mask_capture_fields: zero TTL, IP identification, TCP sequence numbers, windows,
             checksums and options (see the module docstring).
+        context: end each vector with the flow context bytes (see the module docstring).
     """
 
     vector_bytes: int = 128
@@ -62,6 +85,8 @@ class Preprocessing:
     server_port: bool = True
     mask_addresses: bool = True
     mask_capture_fields: bool = True
+    context: bool = False
+    port_buckets: int = 0
 
     def __post_init__(self):
         if not isinstance(self.vector_bytes, int) or not 40 <= self.vector_bytes <= 4096:
@@ -73,9 +98,21 @@ class Preprocessing:
         if self.window_rule not in WINDOW_RULES:
             raise ConfigError(f"window_rule={self.window_rule!r} is invalid: expected one of "
                               f"{', '.join(WINDOW_RULES)}")
-        for name in ("server_port", "mask_addresses", "mask_capture_fields"):
+        for name in ("server_port", "mask_addresses", "mask_capture_fields", "context"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name}={getattr(self, name)!r} is invalid: expected true or false")
+        if not isinstance(self.port_buckets, int) or not 0 <= self.port_buckets <= 4096:
+            raise ConfigError(f"port_buckets={self.port_buckets!r} is invalid: expected an integer "
+                              "from 0 to 4096")
+        if self.port_buckets and not (self.context and self.server_port):
+            raise ConfigError("port_buckets needs context = true and server_port = true")
+        if self.header_bytes < 40:
+            raise ConfigError(f"vector_bytes={self.vector_bytes} leaves {self.header_bytes} header "
+                              "bytes after the context bytes: expected at least 40")
+
+    def to_dict_plain(self):
+        """Return the settings alone, without the format marker and version."""
+        return dataclasses.asdict(self)
 
     def to_dict(self):
         d = dataclasses.asdict(self)
@@ -103,6 +140,16 @@ class Preprocessing:
             raise ConfigError(f"{source}: unknown preprocessing setting(s): {', '.join(unknown)}")
         return cls(**d)
 
+    @property
+    def context_bytes(self):
+        """Bytes at the end of each vector that carry flow context, port buckets included."""
+        return CONTEXT_BYTES + self.port_buckets if self.context else 0
+
+    @property
+    def header_bytes(self):
+        """Bytes of each vector taken from the packet (the rest is flow context)."""
+        return self.vector_bytes - self.context_bytes
+
     def takes(self, pkt):
         """Return True when `pkt` is a packet that windows are made of."""
         return self.window_rule == "all" or pkt.payload_len > 0
@@ -111,7 +158,7 @@ class Preprocessing:
 _UDP_PAD = bytes(12)
 
 
-def vectorize(pkt, server_is_dst, settings):
+def vectorize(pkt, server_is_dst, settings, gap_s=0.0):
     """Build the model vector of one packet.
 
     Args:
@@ -119,11 +166,12 @@ def vectorize(pkt, server_is_dst, settings):
         server_is_dst: True when the packet travels from client to server, so the server
             port is the packet's destination port.
         settings: the `Preprocessing` the model was trained with.
+        gap_s: seconds since the flow's previous packet (used with `settings.context`).
 
     Returns:
         `settings.vector_bytes` bytes.
     """
-    size = settings.vector_bytes
+    size = settings.header_bytes
     ip = pkt.ip
     l4 = pkt.l4_offset
     if pkt.proto == 17:
@@ -170,7 +218,30 @@ def vectorize(pkt, server_is_dst, settings):
             _zero(v, 12, 20, size)
         else:
             _zero(v, 8, 40, size)
+    if settings.context:
+        v += _context(pkt, server_is_dst, settings, gap_s)
     return bytes(v)
+
+
+def _context(pkt, server_is_dst, settings, gap_s):
+    gap = 0 if gap_s <= 0 else min(255, round(20.0 * math.log10(1.0 + gap_s * 1e6)))
+    length = min(pkt.payload_len, 65535)
+    size = min(255, round(16.0 * math.log2(1.0 + length)))
+    port = 0
+    if settings.server_port:
+        port = pkt.dport if server_is_dst else pkt.sport
+    out = bytes((0 if server_is_dst else 255, gap, size, length >> 8, length & 0xFF,
+                 port >> 8, port & 0xFF, pkt.tcp_flags))
+    if settings.port_buckets:
+        block = bytearray(settings.port_buckets)
+        block[port_bucket(port, settings.port_buckets)] = 255
+        out += block
+    return out
+
+
+def port_bucket(port, buckets):
+    """Return the one-hot bucket of a server port (see the module docstring)."""
+    return ((port * 2654435761) & 0xFFFFFFFF) % buckets
 
 
 def _zero(v, start, end, size):

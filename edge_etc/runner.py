@@ -211,10 +211,13 @@ class JsonLines:
         self.f.flush()
 
     def reopen(self):
+        """Open the output path anew (after log rotation moved the file), then close the old
+        file, so a failed open leaves the old file in use."""
         if self.path is None:
             return
-        self.f.close()
-        self.f = open(self.path, "a", encoding="utf-8")
+        new = open(self.path, "a", encoding="utf-8")
+        old, self.f = self.f, new
+        old.close()
         log.info("reopened output file %s", self.path)
 
     def close(self):

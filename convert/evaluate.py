@@ -1,0 +1,357 @@
+"""`edge-etc evaluate`: grouped k-fold cross-validation, baselines and ablations.
+
+Folds are made of whole capture files. Each class's captures are shuffled (seeded) and
+dealt round-robin over the folds. So no capture is on both sides of a split, and every
+class is spread over the folds as evenly as its number of captures allows.
+
+On each fold, the CNN-LSTM is trained on the other folds (with an inner validation split of
+their captures for early stopping), quantized to int8 and scored on the fold's windows and
+flows (the runner's decision: mean probabilities of a flow's first windows), float and int8.
+
+Baselines, on the same folds and the same flows:
+- port: the most frequent class per server port in the training flows (the overall most
+  frequent class for a port never seen);
+- one-packet CNN: the same network with windows of one packet;
+- statistics: a random forest on the three packets' payload sizes, directions and gaps, with
+  and without the server port.
+
+Flows the model does not know (`background` and `unknown` in FLOWS.tsv) are scored apart:
+how often they get a confident label. The confidence threshold under which the runner says
+"unknown" is chosen on each fold's inner validation captures.
+"""
+
+import json
+import logging
+import os
+import time
+
+import numpy as np
+
+from edge_etc.preprocess import CONTEXT_BYTES, Preprocessing
+
+from . import dataset
+from .metrics import flow_decisions, format_report, per_class_report
+from .train import settings_from_options
+
+log = logging.getLogger(__name__)
+
+PRESETS = {
+    "full": {"folds": 5, "epochs": 15, "limit_captures": None},
+    "ci": {"folds": 2, "epochs": 2, "limit_captures": 30},
+}
+
+
+def make_folds(captures, k, seed):
+    """Return a fold number per capture (see the module docstring)."""
+    rng = np.random.default_rng(seed)
+    fold = np.zeros(len(captures), dtype=np.int64)
+    by_class = {}
+    for i, c in enumerate(captures):
+        by_class.setdefault(c.label, []).append(i)
+    offset = 0
+    for label in sorted(by_class):
+        idx = list(by_class[label])
+        rng.shuffle(idx)
+        for j, i in enumerate(idx):
+            fold[i] = (offset + j) % k
+        offset += len(idx)  # start the next class where this one ended, to even out sizes
+    return fold
+
+
+def _stats_features(x, settings, with_port):
+    """Per-window statistics from the context bytes: sizes, directions, gaps (and port)."""
+    start = settings.header_bytes
+    ctx = x[:, :, start:start + CONTEXT_BYTES].astype(np.float32)
+    direction = ctx[:, :, 0] / 255.0
+    gap = ctx[:, :, 1]
+    size = ctx[:, :, 3] * 256 + ctx[:, :, 4]
+    flags = ctx[:, :, 7]
+    cols = [size, direction, gap, flags, size.mean(1, keepdims=True), size.std(1, keepdims=True)]
+    if with_port:
+        port = ctx[:, 0, 5] * 256 + ctx[:, 0, 6]
+        cols.append(port[:, None])
+    return np.concatenate(cols, axis=1)
+
+
+def choose_threshold(confidence, correct, is_background):
+    """Return the confidence threshold maximising balanced accuracy on labelled and
+    background flows: labelled flows should be right and confident, background flows should
+    fall under the threshold. Returns 0.0 without background flows."""
+    if not is_background.any():
+        return 0.0
+    best_t, best = 0.0, -1.0
+    for t in np.linspace(0.0, 0.95, 39):
+        keep = confidence >= t
+        known = (correct & keep)[~is_background].mean() if (~is_background).any() else 0.0
+        rejected = (~keep)[is_background].mean()
+        score = (known + rejected) / 2
+        if score > best:
+            best_t, best = float(t), score
+    return best_t
+
+
+def _flow_confidence(probs, data, mask, max_windows):
+    _, pred, ids = flow_decisions(probs, data.flow[mask], data.position[mask], data.flow_label, max_windows)
+    sums = np.zeros((len(ids), probs.shape[1]))
+    keep = data.position[mask] < max_windows
+    inv = np.searchsorted(ids, data.flow[mask][keep])
+    np.add.at(sums, inv, probs[keep])
+    counts = np.bincount(inv, minlength=len(ids))[:, None]
+    mean = sums / np.maximum(counts, 1)
+    return ids, pred, mean.max(1)
+
+
+class Evaluation:
+    """Runs the folds for one preprocessing setting and collects reports."""
+
+    def __init__(self, corpus, settings, captures, folds, epochs, seed, max_windows, first_only,
+                 int8=True):
+        self.settings = settings
+        self.data = dataset.build_windows(corpus, settings, captures, seed=seed)
+        self.captures = captures
+        self.fold = make_folds(captures, folds, seed)
+        self.k = folds
+        self.epochs = epochs
+        self.seed = seed
+        self.max_windows = max_windows
+        self.first_only = first_only
+        self.int8 = int8
+
+    def split(self, f):
+        train = [i for i in range(len(self.captures)) if self.fold[i] != f]
+        test = [i for i in range(len(self.captures)) if self.fold[i] == f]
+        return train, test
+
+    def run_model(self):
+        """Train, quantize and score the CNN-LSTM on each fold."""
+        from .tflite import to_int8
+        from .train import fit
+
+        data = self.data
+        out = {"float": [], "int8": [], "thresholds": [], "background": [],
+               "float_windows": [], "int8_windows": []}
+        all_true, all_float, all_int8 = [], [], []
+        for f in range(self.k):
+            train_idx, test_idx = self.split(f)
+            started = time.time()
+            position_limit = self.max_windows if self.first_only else None
+            model, val_idx = fit(data, train_idx, self.settings, self.epochs, self.seed + f,
+                                 position_limit=position_limit, return_val=True)
+            test = data.select(test_idx)
+            x_test = data.x[test]
+            p_float = model.predict(x_test.astype(np.float32) / 255.0, batch_size=512, verbose=0)
+            labelled = data.y[test] >= 0
+            out["float_windows"].append(per_class_report(data.y[test][labelled], p_float[labelled].argmax(1), data.classes))
+
+            # Threshold for "unknown" from the inner validation captures.
+            val = data.select(val_idx)
+            p_val = model.predict(data.x[val].astype(np.float32) / 255.0, batch_size=512, verbose=0)
+            ids, pred, conf = _flow_confidence(p_val, data, val, self.max_windows)
+            labels = data.flow_label[ids]
+            background = labels < 0
+            threshold = choose_threshold(conf, pred == labels, background)
+            out["thresholds"].append(threshold)
+
+            ids, pred, conf = _flow_confidence(p_float, data, test, self.max_windows)
+            labels = data.flow_label[ids]
+            known = labels >= 0
+            out["float"].append(per_class_report(labels[known], pred[known], data.classes))
+            background = ~known
+            out["background"].append({
+                "flows": int(background.sum()),
+                "confident_wrong": int((conf[background] >= threshold).sum()),
+                "threshold": threshold,
+                "known_rejected": int((conf[known] < threshold).sum()),
+            })
+            all_true.append(labels[known])
+            all_float.append(pred[known])
+
+            if self.int8:
+                rng = np.random.default_rng(self.seed)
+                train_windows = np.flatnonzero(data.select(train_idx))
+                calib = data.x[rng.choice(train_windows, min(2000, len(train_windows)), replace=False)]
+                _, classifier = to_int8(model, self.settings, data.classes, calib)
+                p_int8 = classifier.predict([w.tobytes() for w in x_test])
+                out["int8_windows"].append(per_class_report(data.y[test][labelled], p_int8[labelled].argmax(1), data.classes))
+                ids8, pred8, _ = _flow_confidence(p_int8, data, test, self.max_windows)
+                labels8 = data.flow_label[ids8]
+                out["int8"].append(per_class_report(labels8[labels8 >= 0], pred8[labels8 >= 0], data.classes))
+                all_int8.append(pred8[labels8 >= 0])
+            log.info("fold %d: flow macro-F1 float %.3f%s (%.0f s)", f, out["float"][-1]["macro_f1"],
+                     f", int8 {out['int8'][-1]['macro_f1']:.3f}" if self.int8 else "", time.time() - started)
+        out["overall_float"] = per_class_report(np.concatenate(all_true), np.concatenate(all_float), data.classes)
+        if self.int8:
+            out["overall_int8"] = per_class_report(np.concatenate(all_true), np.concatenate(all_int8), data.classes)
+        return out
+
+    def run_port_baseline(self):
+        data = self.data
+        reports, all_true, all_pred = [], [], []
+        ports = self._flow_ports()
+        for f in range(self.k):
+            train_idx, test_idx = self.split(f)
+            train_flows = np.isin(data.flow_capture, train_idx) & (data.flow_label >= 0)
+            test_flows = np.isin(data.flow_capture, test_idx) & (data.flow_label >= 0)
+            table = {}
+            for port, label in zip(ports[train_flows], data.flow_label[train_flows]):
+                table.setdefault(int(port), []).append(int(label))
+            overall = int(np.bincount(data.flow_label[train_flows]).argmax())
+            best = {p: int(np.bincount(v).argmax()) for p, v in table.items()}
+            pred = np.array([best.get(int(p), overall) for p in ports[test_flows]], dtype=np.int64)
+            true = data.flow_label[test_flows]
+            reports.append(per_class_report(true, pred, data.classes))
+            all_true.append(true)
+            all_pred.append(pred)
+        return {"folds": reports,
+                "overall": per_class_report(np.concatenate(all_true), np.concatenate(all_pred), data.classes)}
+
+    def _flow_ports(self):
+        ports = np.zeros(len(self.data.flow_label), dtype=np.int64)
+        for fid, port in self.data.flow_server_port.items():
+            ports[fid] = port
+        return ports
+
+    def run_stats_baseline(self, with_port):
+        from sklearn.ensemble import RandomForestClassifier
+
+        data = self.data
+        feats = _stats_features(data.x, self.settings, with_port)
+        reports, all_true, all_pred = [], [], []
+        for f in range(self.k):
+            train_idx, test_idx = self.split(f)
+            tr = data.select(train_idx) & (data.y >= 0)
+            te = data.select(test_idx)
+            from .train import flow_balanced_weights
+            clf = RandomForestClassifier(n_estimators=200, min_samples_leaf=2, n_jobs=2,
+                                         random_state=self.seed)
+            clf.fit(feats[tr], data.y[tr], sample_weight=flow_balanced_weights(data.y[tr], data.flow[tr], len(data.classes)))
+            probs = np.zeros((te.sum(), len(data.classes)))
+            probs[:, clf.classes_] = clf.predict_proba(feats[te])
+            true, pred, _ = flow_decisions(probs, data.flow[te], data.position[te], data.flow_label, self.max_windows)
+            known = true >= 0
+            reports.append(per_class_report(true[known], pred[known], data.classes))
+            all_true.append(true[known])
+            all_pred.append(pred[known])
+        return {"folds": reports,
+                "overall": per_class_report(np.concatenate(all_true), np.concatenate(all_pred), data.classes)}
+
+
+def _summary_row(name, result, key="overall"):
+    folds = result.get("folds") or result.get("float") or []
+    f1s = [r["macro_f1"] for r in folds]
+    return {"name": name, "macro_f1": result[key]["macro_f1"] if key in result else None,
+            "fold_macro_f1": f1s, "mean_fold_macro_f1": round(float(np.mean(f1s)), 4) if f1s else None}
+
+
+def save_confusion_png(report, classes, path, title):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    m = np.asarray(report["confusion"], dtype=np.float64)
+    rows = m.sum(1, keepdims=True)
+    norm = np.divide(m, rows, out=np.zeros_like(m), where=rows > 0)
+    fig, ax = plt.subplots(figsize=(7, 6))
+    ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
+    ax.set_yticks(range(len(classes)), classes)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title)
+    for i in range(len(classes)):
+        for j in range(len(classes)):
+            if m[i, j]:
+                ax.text(j, i, int(m[i, j]), ha="center", va="center", fontsize=7,
+                        color="white" if norm[i, j] > 0.5 else "black")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def confusion_text(report, classes):
+    width = max(len(c) for c in classes) + 1
+    lines = [" " * width + "".join(f"{c[:6]:>7}" for c in classes)]
+    for name, row in zip(classes, report["confusion"]):
+        lines.append(f"{name:<{width}}" + "".join(f"{v:>7d}" for v in row))
+    return "\n".join(lines)
+
+
+def evaluate_command(corpus, output, preset, seed, vector_bytes, window_rule, no_server_port,
+                     no_mask_addresses, context, window_packets, max_windows, first_only,
+                     baselines, int8, port_buckets=None):
+    corpus = corpus or dataset.default_corpus()
+    cfg = PRESETS[preset]
+    settings = settings_from_options(vector_bytes=vector_bytes, window_rule=window_rule,
+                                     window_packets=window_packets, context=context,
+                                     port_buckets=port_buckets,
+                                     server_port=False if no_server_port else None,
+                                     mask_addresses=False if no_mask_addresses else None)
+    captures = dataset.read_manifest(corpus)
+    if cfg["limit_captures"]:
+        captures = dataset.spread_captures(captures, cfg["limit_captures"])
+    started = time.time()
+    os.makedirs(output, exist_ok=True)
+    ev = Evaluation(corpus, settings, captures, cfg["folds"], cfg["epochs"], seed, max_windows,
+                    first_only, int8=int8)
+    results = {"settings": settings.to_dict(), "preset": preset, "folds": cfg["folds"],
+               "epochs": cfg["epochs"], "seed": seed, "max_windows": max_windows,
+               "first_only": first_only, "captures": len(captures),
+               "weighting": "per flow then per class (every flow of a class the same total "
+                            "weight, every class the same total weight)"}
+    results["cnn_lstm"] = ev.run_model()
+    rows = [_summary_row("CNN-LSTM float", results["cnn_lstm"], "overall_float")]
+    if int8:
+        rows.append({"name": "CNN-LSTM int8", "macro_f1": results["cnn_lstm"]["overall_int8"]["macro_f1"],
+                     "fold_macro_f1": [r["macro_f1"] for r in results["cnn_lstm"]["int8"]],
+                     "mean_fold_macro_f1": round(float(np.mean([r["macro_f1"] for r in results["cnn_lstm"]["int8"]])), 4)})
+    if baselines:
+        results["port"] = ev.run_port_baseline()
+        rows.append(_summary_row("server port only", results["port"]))
+        # The statistics come from the context bytes, so they need windows built with them.
+        stats_ev = ev if settings.context and settings.server_port else Evaluation(
+            corpus, Preprocessing(**{**settings.to_dict_plain(), "context": True, "server_port": True,
+                                     "vector_bytes": settings.header_bytes + 8, "port_buckets": 0}),
+            captures, cfg["folds"], cfg["epochs"], seed, max_windows, first_only, int8=False)
+        results["stats"] = stats_ev.run_stats_baseline(with_port=False)
+        rows.append(_summary_row("statistics (random forest)", results["stats"]))
+        results["stats_port"] = stats_ev.run_stats_baseline(with_port=True)
+        rows.append(_summary_row("statistics + server port", results["stats_port"]))
+        if settings.window_packets != 1:
+            one = Evaluation(corpus, Preprocessing(**{**settings.to_dict_plain(), "window_packets": 1}),
+                             captures, cfg["folds"], cfg["epochs"], seed, max_windows, first_only, int8=False)
+            results["one_packet_cnn"] = one.run_model()
+            rows.append(_summary_row("one-packet CNN", results["one_packet_cnn"], "overall_float"))
+    results["summary"] = rows
+    results["seconds"] = round(time.time() - started, 1)
+
+    with open(os.path.join(output, "evaluation.json"), "w") as f:
+        json.dump(results, f, indent=1)
+    classes = ev.data.classes
+    text = [f"Grouped {cfg['folds']}-fold cross-validation by capture file, {len(captures)} captures, "
+            f"seed {seed}, {results['seconds']:.0f} s",
+            f"settings: {json.dumps(settings.to_dict_plain())}", "",
+            f"{'model':<30}{'flow macro-F1':>15}   per fold"]
+    for r in rows:
+        folds = " ".join(f"{v:.3f}" for v in r["fold_macro_f1"])
+        text.append(f"{r['name']:<30}{r['macro_f1']:>15.3f}   {folds}")
+    text += ["", "CNN-LSTM float, flows, all folds:", format_report(results["cnn_lstm"]["overall_float"]),
+             confusion_text(results["cnn_lstm"]["overall_float"], classes)]
+    if int8:
+        text += ["", "CNN-LSTM int8, flows, all folds:", format_report(results["cnn_lstm"]["overall_int8"])]
+        diffs = [abs(a["macro_f1"] - b["macro_f1"]) for a, b in zip(results["cnn_lstm"]["float"], results["cnn_lstm"]["int8"])]
+        text.append(f"largest float/int8 macro-F1 difference on a fold: {max(diffs):.3f}")
+    bg = results["cnn_lstm"]["background"]
+    total = sum(b["flows"] for b in bg)
+    wrong = sum(b["confident_wrong"] for b in bg)
+    text += ["", f"background/unknown flows: {total}; given a confident label: {wrong} "
+             f"({wrong / total:.1%})" if total else "background/unknown flows: none",
+             "thresholds per fold: " + ", ".join(f"{b['threshold']:.2f}" for b in bg)]
+    with open(os.path.join(output, "evaluation.txt"), "w") as f:
+        f.write("\n".join(text) + "\n")
+    save_confusion_png(results["cnn_lstm"]["overall_float"], classes,
+                       os.path.join(output, "confusion_float.png"), "CNN-LSTM float, flows")
+    if int8:
+        save_confusion_png(results["cnn_lstm"]["overall_int8"], classes,
+                           os.path.join(output, "confusion_int8.png"), "CNN-LSTM int8, flows")
+    print("\n".join(text))
+    return results

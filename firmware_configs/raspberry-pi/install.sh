@@ -1,0 +1,110 @@
+#!/bin/sh
+# Install edge-etc as a systemd service on Raspberry Pi OS (Debian 12) or Debian.
+#
+# Usage: sudo ./install.sh [--iface IFACE] [--source SPEC] [--no-start]
+#   --iface IFACE   interface to classify [default: the interface of the default route]
+#   --source SPEC   what pip installs: a release name, a checkout directory or a wheel
+#                   [default: edge-etc]
+#   --no-start      install and enable the service, but do not start it
+#
+# Makes: the system user edge-etc; a virtual environment in /opt/edge-etc;
+# /etc/edge-etc/edge-etc.toml (an existing file is kept); the unit
+# /etc/systemd/system/edge-etc.service; /etc/logrotate.d/edge-etc.
+set -eu
+
+PREFIX=/opt/edge-etc
+CONFIG_DIR=/etc/edge-etc
+CONFIG_FILE=$CONFIG_DIR/edge-etc.toml
+UNIT_DIR=/etc/systemd/system
+USER_NAME=edge-etc
+JSON_FILE=/var/log/edge-etc/flows.jsonl
+
+die() {
+	echo "install.sh: error: $*" >&2
+	exit 1
+}
+
+default_iface() {
+	ip route show default 2>/dev/null |
+		awk '{ for (i = 1; i < NF; i++) if ($i == "dev") { print $(i + 1); exit } }'
+}
+
+# Write the default settings of edge-etc binary $1 to file $3, with capture.interface set
+# to $2 and the JSON lines in $JSON_FILE, and check the result with `edge-etc config`.
+write_config() {
+	bin=$1
+	iface=$2
+	out=$3
+	case $iface in
+	'' | *[!A-Za-z0-9._@:-]*) die "invalid interface name: '$iface'" ;;
+	esac
+	"$bin" config --defaults |
+		sed -e "s|^interface = \"\"\$|interface = \"$iface\"|" \
+			-e "s|^json_file = \"-\"\$|json_file = \"$JSON_FILE\"|" >"$out.new"
+	grep -q "^interface = \"$iface\"\$" "$out.new" ||
+		die "could not set the interface in $out.new: the output of 'config --defaults' changed"
+	grep -q "^json_file = \"$JSON_FILE\"\$" "$out.new" ||
+		die "could not set the output file in $out.new: the output of 'config --defaults' changed"
+	"$bin" config "$out.new" >/dev/null || die "$out.new: the settings are invalid"
+	mv "$out.new" "$out"
+}
+
+main() {
+	here=$(cd "$(dirname "$0")" && pwd)
+	iface=
+	source_spec=edge-etc
+	start=1
+	while [ $# -gt 0 ]; do
+		case $1 in
+		--iface) [ $# -ge 2 ] || die "--iface needs a value"; iface=$2; shift 2 ;;
+		--source) [ $# -ge 2 ] || die "--source needs a value"; source_spec=$2; shift 2 ;;
+		--no-start) start=0; shift ;;
+		-h | --help) sed -n '2,14p' "$0"; exit 0 ;;
+		*) die "unknown argument: $1 (see --help)" ;;
+		esac
+	done
+	[ "$(id -u)" -eq 0 ] || die "run as root, e.g. with sudo"
+	[ -n "$iface" ] || iface=$(default_iface)
+	[ -n "$iface" ] || die "no default route to take the interface from; give --iface IFACE"
+
+	case $(uname -m) in
+	aarch64 | x86_64) ;;
+	*) echo "install.sh: warning: no ai-edge-litert wheel exists for $(uname -m);" \
+		"edge-etc will run the model with its slower numpy backend" >&2 ;;
+	esac
+
+	# pypcap is built from source: it needs a compiler and the libpcap headers.
+	apt-get install -y --no-install-recommends python3-venv python3-dev gcc libpcap-dev
+
+	if ! id -u "$USER_NAME" >/dev/null 2>&1; then
+		useradd --system --user-group --no-create-home --home-dir /var/lib/edge-etc \
+			--shell /usr/sbin/nologin "$USER_NAME"
+	fi
+
+	[ -x "$PREFIX/bin/python" ] || python3 -m venv "$PREFIX"
+	"$PREFIX/bin/pip" install --upgrade "$source_spec"
+
+	mkdir -p "$CONFIG_DIR"
+	if [ -e "$CONFIG_FILE" ]; then
+		echo "install.sh: keeping $CONFIG_FILE; 'edge-etc config --defaults' shows the new defaults"
+		"$PREFIX/bin/edge-etc" config "$CONFIG_FILE" >/dev/null ||
+			die "$CONFIG_FILE is invalid for the installed version; fix it and run again"
+	else
+		write_config "$PREFIX/bin/edge-etc" "$iface" "$CONFIG_FILE"
+		chmod 644 "$CONFIG_FILE"
+	fi
+
+	install -m 644 "$here/edge-etc.service" "$UNIT_DIR/edge-etc.service"
+	install -m 644 "$here/edge-etc.logrotate" /etc/logrotate.d/edge-etc
+	systemctl daemon-reload
+	systemctl enable edge-etc.service
+	if [ "$start" = 1 ]; then
+		systemctl restart edge-etc.service
+		echo "install.sh: edge-etc runs on $iface; logs: journalctl -u edge-etc; records: $JSON_FILE"
+	fi
+}
+
+# EDGE_ETC_INSTALL_FUNCTIONS_ONLY=1 loads the functions without running main, for tests.
+if [ "${EDGE_ETC_INSTALL_FUNCTIONS_ONLY:-0}" != 1 ]; then
+	main "$@"
+fi

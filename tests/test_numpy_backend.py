@@ -1,0 +1,330 @@
+"""The numpy backend (edge_etc.numpy_backend) against ai-edge-litert.
+
+The comparisons use ai-edge-litert's reference kernels (OpResolverType.BUILTIN_REF),
+whose integer arithmetic the numpy backend implements. ai-edge-litert's default
+interpreter runs most int8 operators in XNNPACK, which rescales in float32. Its outputs
+therefore differ from the reference kernels by a few quantization steps on a share of
+windows. benchmarks/bench_backends.py measures that difference, and no test asserts it.
+"""
+
+import logging
+import os
+import struct
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import Scan, case
+from edge_etc import numpy_backend
+from edge_etc.errors import InterpreterError, ModelError
+from edge_etc.infer import Classifier, dequantize, find_interpreter, input_lut
+from edge_etc.model import default_model_path, load_model_info
+from edge_etc.numpy_backend import Interpreter, quantize_multiplier, rescale
+from edge_etc.tflite_file import TFLiteModel, _I8, _I32
+
+BATCH = 64
+MIN_IDENTICAL = 0.999
+CAPTURE = "eth_tls_2flows.pcap"
+
+
+@pytest.fixture(scope="module")
+def model():
+    return load_model_info(default_model_path())
+
+
+def reference_interpreter(data, batch=BATCH):
+    litert = pytest.importorskip("ai_edge_litert.interpreter")
+    interpreter = litert.Interpreter(
+        model_content=data, num_threads=1,
+        experimental_op_resolver_type=litert.OpResolverType.BUILTIN_REF)
+    return resized(interpreter, batch)
+
+
+def resized(interpreter, batch=BATCH):
+    detail = interpreter.get_input_details()[0]
+    shape = list(detail["shape"])
+    shape[0] = batch
+    interpreter.resize_tensor_input(detail["index"], shape, strict=False)
+    interpreter.allocate_tensors()
+    return interpreter
+
+
+def run_batches(interpreter, x, batch=BATCH):
+    """Return the model outputs for int8 inputs `x`, padding the last batch with zeros."""
+    inp = interpreter.get_input_details()[0]
+    out = interpreter.get_output_details()[0]
+    results = []
+    for start in range(0, len(x), batch):
+        chunk = x[start:start + batch]
+        padded = np.zeros((batch,) + x.shape[1:], x.dtype)
+        padded[:len(chunk)] = chunk
+        interpreter.set_tensor(inp["index"], padded)
+        interpreter.invoke()
+        results.append(interpreter.get_tensor(out["index"])[:len(chunk)].copy())
+    return np.concatenate(results)
+
+
+def assert_agreement(ours, theirs):
+    assert ours.shape == theirs.shape
+    steps = np.abs(ours.astype(np.int32) - theirs.astype(np.int32)).max(axis=1)
+    identical = float(np.mean(steps == 0))
+    assert identical >= MIN_IDENTICAL, f"{identical:.4%} of windows identical"
+    assert steps.max() <= 1, f"outputs differ by up to {steps.max()} quantization steps"
+    labels_differ = int(np.sum(ours.argmax(axis=1) != theirs.argmax(axis=1)))
+    assert labels_differ == 0, f"{labels_differ} of {len(ours)} labels differ"
+
+
+def model_input(model, raw_windows):
+    """Quantize uint8 windows (n, packets, bytes) as the runner does."""
+    numpy_interpreter = Interpreter(model_content=model.data)
+    scale, zero_point = numpy_interpreter.get_input_details()[0]["quantization"]
+    return input_lut(scale, zero_point)[raw_windows]
+
+
+def compare_on(model, raw_windows):
+    x = model_input(model, raw_windows)
+    ours = run_batches(resized(Interpreter(model_content=model.data, num_threads=1)), x)
+    theirs = run_batches(reference_interpreter(model.data), x)
+    assert_agreement(ours, theirs)
+
+
+def test_random_windows_match_litert(model):
+    pre = model.preprocessing
+    rng = np.random.default_rng(20240607)
+    raw = rng.integers(0, 256, (2000, pre.window_packets, pre.vector_bytes), dtype=np.uint8)
+    compare_on(model, raw)
+
+
+def test_capture_windows_match_litert(model):
+    path = case(CAPTURE)
+    if not os.path.isfile(path):
+        pytest.skip(f"{path} not present")
+    scan = Scan(path, settings=model.preprocessing)
+    windows = [w for flow in scan.windows.values() for w in flow]
+    assert windows, f"{CAPTURE} produced no windows"
+    pre = model.preprocessing
+    raw = np.frombuffer(b"".join(windows), np.uint8).reshape(-1, pre.window_packets, pre.vector_bytes)
+    compare_on(model, raw)
+
+
+@pytest.mark.corpus
+def test_corpus_windows_match_litert(model, corpus):
+    from edge_etc.convert import dataset
+
+    windows = dataset.build_windows(corpus, model.preprocessing, max_windows_per_flow=8)
+    assert len(windows.x) > 0, "the corpus produced no windows"
+    compare_on(model, windows.x)
+
+
+def test_classifier_numpy_probabilities(model):
+    pre = model.preprocessing
+    rng = np.random.default_rng(7)
+    raw = rng.integers(0, 256, (150, pre.window_packets, pre.vector_bytes), dtype=np.uint8)
+    classifier = Classifier(model, batch_size=BATCH, backend="numpy")
+    assert classifier.backend_name == "edge-etc numpy"
+    probabilities = classifier.predict([bytes(w) for w in raw.reshape(len(raw), -1)])
+    expected = run_batches(reference_interpreter(model.data), model_input(model, raw))
+    out = Interpreter(model_content=model.data).get_output_details()[0]
+    np.testing.assert_array_equal(probabilities, dequantize(expected, *out["quantization"]))
+
+
+def test_auto_falls_back_to_numpy(monkeypatch, caplog):
+    # A None entry in sys.modules makes the import raise ImportError.
+    monkeypatch.setitem(sys.modules, "ai_edge_litert.interpreter", None)
+    monkeypatch.setitem(sys.modules, "tflite_runtime.interpreter", None)
+    with caplog.at_level(logging.WARNING, logger="edge_etc.infer"):
+        interpreter_class, name, version = find_interpreter("auto")
+    assert interpreter_class is Interpreter
+    assert name == "edge-etc numpy"
+    assert "using the numpy backend" in caplog.text
+
+
+def test_explicit_backend_does_not_fall_back(monkeypatch):
+    monkeypatch.setitem(sys.modules, "ai_edge_litert.interpreter", None)
+    with pytest.raises(InterpreterError, match="no TFLite interpreter"):
+        find_interpreter("litert")
+
+
+def with_operator_code(data, old_name, new_code):
+    """Return model bytes with every operator code `old_name` changed to builtin `new_code`."""
+    patched = bytearray(data)
+    model = TFLiteModel(data)
+    names = model.operators()
+    for code, name in zip(model.root.tables(1), names):
+        if name != old_name:
+            continue
+        for field, fmt in ((0, _I8), (3, _I32)):
+            position = code._field(field)
+            assert position is not None, f"operator code {name} has no field {field}"
+            struct.pack_into(fmt.format, patched, position, new_code)
+    return bytes(patched)
+
+
+def test_unsupported_operator_named_at_load(model):
+    data = with_operator_code(model.data, "TANH", 101)  # ABS
+    with pytest.raises(ModelError, match="does not support operator ABS"):
+        Interpreter(model_content=data)
+
+
+def test_unsupported_operator_named_by_classifier(model, tmp_path):
+    path = tmp_path / "abs.tflite"
+    path.write_bytes(with_operator_code(model.data, "TANH", 101))
+    patched = load_model_info(str(path))
+    # NOTE: Classifier wraps interpreter construction errors in InterpreterError; the
+    # message still names the file and the operator.
+    with pytest.raises((ModelError, InterpreterError)) as error:
+        Classifier(patched, batch_size=8, backend="numpy")
+    message = str(error.value)
+    assert str(path) in message
+    assert "ABS" in message
+    assert "\n" not in message
+
+
+def test_set_tensor_rejects_wrong_dtype(model):
+    interpreter = resized(Interpreter(model_content=model.data), 4)
+    detail = interpreter.get_input_details()[0]
+    with pytest.raises(ValueError, match="type"):
+        interpreter.set_tensor(detail["index"], np.zeros(detail["shape"], np.float32))
+
+
+def test_set_tensor_rejects_wrong_shape(model):
+    interpreter = resized(Interpreter(model_content=model.data), 4)
+    detail = interpreter.get_input_details()[0]
+    shape = list(detail["shape"])
+    shape[0] = 5
+    with pytest.raises(ValueError, match="dimension"):
+        interpreter.set_tensor(detail["index"], np.zeros(shape, np.int8))
+
+
+def test_invoke_before_allocate_fails(model):
+    interpreter = Interpreter(model_content=model.data)
+    with pytest.raises(RuntimeError, match="allocate_tensors"):
+        interpreter.invoke()
+
+
+def test_output_details_follow_resize(model):
+    interpreter = resized(Interpreter(model_content=model.data), 17)
+    assert interpreter.get_input_details()[0]["shape"][0] == 17
+    assert interpreter.get_output_details()[0]["shape"][0] == 17
+    assert interpreter.get_output_details()[0]["shape"][1] == len(model.labels)
+
+
+def test_invalid_model_bytes_raise_model_error():
+    with pytest.raises(ModelError):
+        Interpreter(model_content=b"not a model at all")
+
+
+# Arithmetic, against a plain transcription of TFLite's integer definitions.
+
+
+def reference_rescale(x, multiplier, shift):
+    """MultiplyByQuantizedMultiplier with double rounding, on Python ints."""
+    left = max(shift, 0)
+    right = max(-shift, 0)
+    a = x * (1 << left)
+    if a == multiplier == -(1 << 31):
+        high = (1 << 31) - 1
+    else:
+        product = a * multiplier
+        nudge = (1 << 30) if product >= 0 else 1 - (1 << 30)
+        total = product + nudge
+        high = abs(total) // (1 << 31) * (1 if total >= 0 else -1)  # C division truncates
+    mask = (1 << right) - 1
+    remainder = high & mask
+    threshold = (mask >> 1) + (1 if high < 0 else 0)
+    return (high >> right) + (1 if remainder > threshold else 0)
+
+
+def test_rescale_matches_reference_definition():
+    rng = np.random.default_rng(3)
+    values = list(rng.integers(-(1 << 24), 1 << 24, 3000))
+    values += [0, 1, -1, 511, 512, -512, -513, 1 << 20, -(1 << 20)]
+    for multiplier, shift in ((1 << 30, -1), (1518500250, -8), (1073741824, -10),
+                              (2147483647, -3), (1342177280, 2), (1288490189, 0)):
+        ours = rescale(np.array(values, np.int64), multiplier, shift)
+        for value, result in zip(values, ours):
+            assert result == reference_rescale(int(value), multiplier, shift), (value, multiplier, shift)
+
+
+def test_rescale_rounds_ties_away_from_zero():
+    # 2**30 / 2**31 = 0.5 exactly after the high multiply with shift 0: the first
+    # rounding goes up; a right shift of an exact half goes away from zero.
+    assert rescale(np.array([3, -3]), 1 << 30, -1).tolist() == [1, -1]
+
+
+def test_quantize_multiplier_values():
+    assert quantize_multiplier(0.0) == (0, 0)
+    assert quantize_multiplier(0.5) == (1 << 30, 0)
+    assert quantize_multiplier(1.0) == (1 << 30, 1)
+    assert quantize_multiplier(0.75) == (3 << 29, 0)
+    assert quantize_multiplier(2.0 ** -40) == (0, 0)
+    # A significand that rounds up to 2**31 moves into the exponent.
+    assert quantize_multiplier(1.0 - 2.0 ** -40) == (1 << 30, 1)
+
+
+def test_round_half_away_from_zero():
+    values = np.array([0.5, -0.5, 1.5, -1.5, 2.4999998, 0.49999997], np.float32)
+    assert numpy_backend._round_half_away(values).tolist() == [1.0, -1.0, 2.0, -2.0, 2.0, 0.0]
+
+
+# Operators beyond the bundled model, on small models converted with TensorFlow.
+
+
+def convert_int8(build):
+    tf = pytest.importorskip("tensorflow")
+    keras = pytest.importorskip("keras")
+    rng = np.random.default_rng(1)
+    model = build(keras, keras.layers)
+
+    def representative():
+        for _ in range(100):
+            yield [rng.integers(0, 256, (1, 3, 48)).astype(np.float32) / 255.0]
+
+    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.representative_dataset = representative
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    converter.inference_input_type = tf.int8
+    converter.inference_output_type = tf.int8
+    return converter.convert()
+
+
+def elementwise_model(keras, layers):
+    inp = keras.Input((3, 48))
+    h = layers.Reshape((3, 48, 1))(inp)
+    a = layers.Conv2D(8, (1, 3), padding="same", activation="relu6")(h)
+    b = layers.ZeroPadding2D(((0, 0), (1, 1)))(layers.Conv2D(8, (1, 3), padding="valid")(h))
+    c = layers.Multiply()([a, layers.Subtract()([a, b])])
+    e = layers.AveragePooling2D((1, 2))(layers.Add()([c, b]))
+    e = layers.LeakyReLU(0.2)(e)
+    f = layers.DepthwiseConv2D((1, 3), padding="same", depth_multiplier=2)(e)
+    g = layers.GlobalAveragePooling2D()(f)
+    k = layers.GlobalAveragePooling1D()(layers.Reshape((3, 24 * 8))(e))
+    m = layers.Dense(16, activation="tanh")(layers.Concatenate()([g, k]))
+    m = layers.Dense(16, activation="sigmoid")(m)
+    return keras.Model(inp, layers.Dense(5, activation="softmax")(m))
+
+
+def pooling_model(keras, layers):
+    inp = keras.Input((3, 48))
+    h = layers.Reshape((3, 48, 1))(inp)
+    a = layers.ReLU()(layers.Conv2D(8, (1, 5), strides=(1, 2), padding="same")(h))
+    b = layers.Conv2D(8, (2, 3), padding="same", activation="relu")(h)
+    b = layers.MaxPooling2D((2, 3), strides=(1, 2), padding="same")(b)
+    c = layers.AveragePooling2D((2, 3), strides=(1, 2), padding="same")(layers.Concatenate()([a, b]))
+    g = layers.Flatten()(layers.GlobalAveragePooling2D(keepdims=True)(c))
+    d = layers.Flatten()(layers.Dense(10, activation="relu")(layers.Reshape((3, 12 * 16))(c)))
+    m = layers.Activation("relu6")(layers.Dense(12)(layers.Concatenate()([g, d])))
+    return keras.Model(inp, layers.Dense(4, activation="softmax")(m))
+
+
+@pytest.mark.train
+@pytest.mark.parametrize("build", [elementwise_model, pooling_model])
+def test_converted_operators_match_litert(build):
+    data = convert_int8(build)
+    rng = np.random.default_rng(11)
+    x = rng.integers(-128, 128, (640, 3, 48), dtype=np.int8)
+    ours = run_batches(resized(Interpreter(model_content=data)), x)
+    theirs = run_batches(reference_interpreter(data), x)
+    np.testing.assert_array_equal(ours, theirs)
