@@ -82,10 +82,12 @@ def fit(data, train_idx, settings, epochs, seed, val_share=0.15, position_limit=
     model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy",
                   weighted_metrics=["accuracy"])
     callbacks = []
-    if early_stopping:
+    if early_stopping and len(y_va):
         callbacks.append(keras.callbacks.EarlyStopping(monitor="val_loss", patience=6,
                                                        restore_best_weights=True))
-    model.fit(x_tr, y_tr, sample_weight=w_tr, validation_data=(x_va, y_va, w_va),
+    # Few captures can leave no validation windows: train without validation then.
+    validation = (x_va, y_va, w_va) if len(y_va) else None
+    model.fit(x_tr, y_tr, sample_weight=w_tr, validation_data=validation,
               epochs=epochs, batch_size=256, shuffle=True, callbacks=callbacks,
               verbose=1 if log.isEnabledFor(logging.INFO) else 0)
     return (model, inner_val) if return_val else model
@@ -105,8 +107,15 @@ def evaluate(model, data, test_idx, max_windows=5):
 
 
 def settings_from_options(**options):
-    """Return `Preprocessing` with the options that were given (None means the default)."""
-    return Preprocessing(**{k: v for k, v in options.items() if v is not None})
+    """Return `Preprocessing` with the options that were given (None means the default).
+
+    Masking the server port or turning the context off also drops the server port
+    buckets, unless they were given: they need both.
+    """
+    given = {k: v for k, v in options.items() if v is not None}
+    if "port_buckets" not in given and (given.get("server_port") is False or given.get("context") is False):
+        given["port_buckets"] = 0
+    return Preprocessing(**given)
 
 
 def train_command(corpus, output, epochs, seed, vector_bytes, window_rule, no_server_port,

@@ -17,10 +17,12 @@ trusted past it; time stamps are floats, so nanoseconds are kept to about 0.2 mi
 
 import bz2
 import gzip
+import io
 import logging
 import lzma
 import os
 import struct
+import sys
 
 from .errors import CaptureFileError
 
@@ -37,24 +39,34 @@ _PCAP_MAGICS = {
 }
 _PCAPNG_SHB = b"\x0a\x0d\x0d\x0a"
 _COMPRESSED = {
-    b"\x1f\x8b": ("gzip", gzip.open),
-    b"BZh": ("bzip2", bz2.open),
-    b"\xfd7zXZ\x00": ("xz", lzma.open),
+    b"\x1f\x8b": ("gzip", lambda f: gzip.GzipFile(fileobj=f, mode="rb")),
+    b"BZh": ("bzip2", bz2.BZ2File),
+    b"\xfd7zXZ\x00": ("xz", lzma.LZMAFile),
 }
+STDIN = "-"
 _UNSUPPORTED_COMPRESSION = {b"\x28\xb5\x2f\xfd": "zstd", b"\x04\x22\x4d\x18": "lz4", b"PK\x03\x04": "zip"}
 
 
 def _open_checked(path):
-    """Open `path` for reading, following one layer of compression; return (file, kind)."""
-    if not os.path.exists(path):
-        raise CaptureFileError(f"{path}: file not found")
-    if os.path.isdir(path):
-        raise CaptureFileError(f"{path}: is a directory, not a capture file")
-    try:
-        f = open(path, "rb")
-    except OSError as e:
-        raise CaptureFileError(f"{path}: cannot open: {e.strerror}") from None
-    head = f.read(6)
+    """Open `path` for reading, following one layer of compression; return (file, kind).
+
+    The file is never rewound, only peeked at, so pipes and standard input ("-") work.
+    """
+    if path == STDIN:
+        f = sys.stdin.buffer
+        path = "stdin"
+    else:
+        if not os.path.exists(path):
+            raise CaptureFileError(f"{path}: file not found")
+        if os.path.isdir(path):
+            raise CaptureFileError(f"{path}: is a directory, not a capture file")
+        try:
+            f = open(path, "rb")
+        except OSError as e:
+            raise CaptureFileError(f"{path}: cannot open: {e.strerror}") from None
+    if not isinstance(f, io.BufferedReader):
+        f = io.BufferedReader(f)
+    head = f.peek(6)[:6]
     if not head:
         f.close()
         raise CaptureFileError(f"{path}: empty file (0 bytes), not a pcap or pcapng capture")
@@ -64,9 +76,9 @@ def _open_checked(path):
             raise CaptureFileError(f"{path}: {name}-compressed file; decompress it first")
     for magic, (name, opener) in _COMPRESSED.items():
         if head.startswith(magic):
-            f.close()
-            return opener(path, "rb"), name
-    f.seek(0)
+            # No extra buffering on top: it would read ahead into a stream cut short and fail
+            # before the complete records could be yielded.
+            return opener(f), name
     return f, None
 
 
@@ -86,7 +98,7 @@ class CaptureFile:
     """
 
     def __init__(self, path):
-        self.path = path
+        self.path = "stdin" if path == STDIN else path
         self.records = 0
         self.stopped = None
         self.snaplen = None
@@ -295,7 +307,9 @@ class CaptureFile:
                 yield from self._iter_pcapng()
         except (OSError, EOFError, lzma.LZMAError) as e:
             # A compressed stream that is corrupt or cut short fails here, mid-file.
-            self._stop(f"read failed after record {self.records}: {e}", -1)
+            self.stopped = (f"{self.path}: reading the {self.compression or 'file'} stream failed "
+                            f"after record {self.records}: {e}; kept {self.records} records")
+            log.warning("%s", self.stopped)
 
     def close(self):
         self._f.close()

@@ -10,7 +10,7 @@ import logging
 import select
 import time
 
-from .errors import CaptureError
+from .errors import CaptureError, ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +33,9 @@ def open_live(iface, bpf=None, snaplen=65535, promisc=False, buffer_bytes=0):
         handle = pcap.pcap(name=iface, snaplen=snaplen, promisc=promisc, immediate=True,
                            timeout_ms=int(POLL_INTERVAL_S * 1000), buffer_size=buffer_bytes)
     except OSError as e:
-        msg = str(e)
+        msg = _libpcap_message(e)
+        if "No such device" in msg:
+            raise CaptureError(f"{iface}: no such network interface (see `ip link`)") from None
         if "ermission" in msg or "not permitted" in msg:
             msg += " (capturing needs root or the CAP_NET_RAW capability)"
         raise CaptureError(f"{iface}: cannot open for capture: {msg}") from None
@@ -41,9 +43,57 @@ def open_live(iface, bpf=None, snaplen=65535, promisc=False, buffer_bytes=0):
         try:
             handle.setfilter(bpf)
         except OSError as e:
-            raise CaptureError(f"{iface}: invalid BPF filter {bpf!r}: {e}") from None
+            raise ConfigError(f"{iface}: invalid BPF filter {bpf!r}: {_libpcap_message(e)}") from None
     handle.setnonblock(True)
     return handle
+
+
+def _libpcap_message(err):
+    """Return libpcap's own words from a pypcap error, without pypcap's wrapping."""
+    text = str(err)
+    for quote in ("b'", 'b"'):
+        start = text.find(quote)
+        if start >= 0:
+            return text[start + 2:].rstrip("'\")").strip()
+    return text
+
+
+class FileFilter:
+    """A BPF filter for capture file records, compiled once per link type with libpcap.
+
+    Returns True for records the filter accepts. Records of a link type the expression
+    cannot be compiled for are rejected and counted in `uncompilable`.
+    """
+
+    def __init__(self, expression):
+        try:
+            import pcap
+        except ImportError as e:
+            raise CaptureError(f"--filter needs pypcap, which failed to import ({e})") from None
+        self._pcap = pcap
+        self.expression = expression
+        self._compiled = {}
+        self.uncompilable = 0
+        self.check(1)  # a syntax error shows at once, not at the first packet
+
+    def check(self, linktype):
+        if linktype not in self._compiled:
+            try:
+                self._compiled[linktype] = self._pcap.bpf(self.expression.encode(), linktype)
+            except OSError as e:
+                if linktype == 1:
+                    raise ConfigError(f"invalid BPF filter {self.expression!r}: {e}") from None
+                log.warning("BPF filter %r does not compile for link type %d; its records are skipped",
+                            self.expression, linktype)
+                self._compiled[linktype] = None
+        return self._compiled[linktype]
+
+    def __call__(self, linktype, frame):
+        compiled = self._compiled.get(linktype) or self.check(linktype)
+        if compiled is None:
+            self.uncompilable += 1
+            return False
+        return bool(compiled.filter(frame))
 
 
 def drops(handle):

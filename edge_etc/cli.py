@@ -163,8 +163,11 @@ def _run(pcap_file, iface, settings, strict):
     from .runner import Pipeline, run_file
 
     # Open the input first: a bad file name is the most common mistake and needs no model.
-    capture = handle = None
+    capture = handle = keep = None
     if pcap_file:
+        if settings.capture.filter:
+            from .capture import FileFilter
+            keep = FileFilter(settings.capture.filter)
         capture = CaptureFile(pcap_file)
         unknown = [lt for lt in capture.linktypes if lt not in SUPPORTED_LINKTYPES]
         if unknown and len(unknown) == len(capture.linktypes):
@@ -204,23 +207,28 @@ def _run(pcap_file, iface, settings, strict):
     try:
         if capture is not None:
             with capture:
-                run_file(pipeline, capture, control)
+                run_file(pipeline, capture, control, keep)
         else:
             from .capture import run_live
             run_live(handle, pipeline, control, outputs.flush)
         if control.stop:
             log.info("stopping on %s", control.signal_name)
         pipeline.finish()
+        outputs.flush()  # here, so a full disk is reported as an error
     except BrokenPipeError:
         # The reader of stdout went away (e.g. `| head`): stop quietly.
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return ExitCode.OK
+    except OSError as e:
+        pipeline.log_summary()
+        target = settings.output.json_file if settings.output.json_file not in (None, "-") else "stdout"
+        raise EdgeEtcError(f"{target}: writing the output failed: {e.strerror or e}") from None
     finally:
         try:
             outputs.close()
-        except BrokenPipeError:
-            pass
+        except OSError:
+            pass  # already reported, or the reader of stdout is gone
     pipeline.log_summary()
     if capture is not None and capture.stopped and strict:
         return ExitCode.INCOMPLETE
@@ -248,6 +256,11 @@ def show_config(defaults, config_file):
 def _training_module(name):
     """Import a training-side module, or exit with the install command for the extra."""
     import importlib
+    import importlib.util
+    for needed in ("tensorflow", "keras", "sklearn"):
+        if importlib.util.find_spec(needed) is None:
+            fail(f"this command needs the training extra ({needed} is not installed); "
+                 f"install it with: {TRAIN_EXTRA_HINT}", ExitCode.RUNTIME)
     try:
         return importlib.import_module(f"edge_etc.convert.{name}")
     except ImportError as e:
@@ -361,10 +374,15 @@ def info(model_path):
         m = load_model_info(model_path or default_model_path())
     except EdgeEtcError as e:
         fail(str(e), e.exit_code)
+    def without_confusion(value):
+        if isinstance(value, dict):
+            return {k: without_confusion(v) for k, v in value.items() if k != "confusion"}
+        return value
+
     click.echo(json.dumps({"path": m.path, "bytes": len(m.data), "labels": m.labels,
                            "preprocessing": m.preprocessing.to_dict(),
                            "unknown_threshold": m.unknown_threshold, "operators": m.operators,
-                           "info": m.info}, indent=2))
+                           "info": without_confusion(m.info)}, indent=1))
 
 
 if __name__ == "__main__":

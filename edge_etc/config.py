@@ -162,7 +162,7 @@ class CaptureConfig(_Section):
         "", "Network interface to capture from ('any' for all); --pcap FILE replaces it, "
         "and empty means none.", "--iface", "iface", metavar="IFACE")
     filter: str = _setting(
-        "", "BPF filter for live capture, e.g. 'tcp or udp'; empty for all packets.",
+        "", "BPF filter for live capture and capture files, e.g. 'tcp or udp'; empty for all packets.",
         "--filter", "bpf", metavar="BPF")
     snaplen: int = _setting(
         65535, "Live capture snapshot length.", "--snaplen", "snaplen", unit="bytes",

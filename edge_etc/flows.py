@@ -111,6 +111,8 @@ class FlowTable:
         self.time_jumps_back = 0
         self.time_jumps_forward = 0
         self._next_expiry = None
+        # Idle flows are looked for at most this often, in capture time.
+        self._expiry_interval_s = min(1.0, idle_timeout_s / 2)
 
     def __len__(self):
         return len(self.flows)
@@ -121,15 +123,17 @@ class FlowTable:
         now = self.now
         if now is None:
             self.now = now = ts
-            self._next_expiry = ts + 1.0
+            self._next_expiry = ts + self._expiry_interval_s
         elif ts > now:
             if ts - now > _JUMP_LOG_FACTOR * self.idle_timeout_s:
                 self.time_jumps_forward += 1
-                log.info("time stamp jumped forward by %.0f s; expiring idle flows", ts - now)
+                # The first jump is news; the rest are counted in the summary.
+                log.log(logging.INFO if self.time_jumps_forward == 1 else logging.DEBUG,
+                        "time stamp jumped forward by %.0f s; expiring idle flows", ts - now)
             self.now = now = ts
             if now >= self._next_expiry:
                 self.expire(now)
-                self._next_expiry = now + 1.0
+                self._next_expiry = now + self._expiry_interval_s
         elif ts < now - 1.0:
             self.time_jumps_back += 1
 
@@ -208,7 +212,7 @@ class FlowTable:
         if self.now is None or now <= self.now:
             return
         self.now = now
-        self._next_expiry = now + 1.0
+        self._next_expiry = now + self._expiry_interval_s
         self.expire(now)
 
     def flush(self):

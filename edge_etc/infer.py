@@ -15,8 +15,12 @@ q = clip(round(byte / 255 / scale) + zero_point, -128, 127), through a 256-entry
 table, and dequantizes outputs as (q - zero_point) * scale after widening to int32.
 """
 
+import contextlib
 import importlib.metadata
 import logging
+import os
+import sys
+import tempfile
 
 import numpy as np
 
@@ -62,8 +66,38 @@ def find_interpreter(backend="auto"):
                     "which is slower; install ai-edge-litert where a wheel exists",
                     "; ".join(errors))
         return _import_backend("numpy")
+    package = {"tflite-runtime": "tflite-runtime", "numpy": "numpy"}.get(backend, "ai-edge-litert")
     raise InterpreterError("no TFLite interpreter could be imported (" + "; ".join(errors) +
-                           "); install one with: pip install ai-edge-litert")
+                           f"); install one with: pip install {package}")
+
+
+@contextlib.contextmanager
+def native_stderr_to_log():
+    """Route what native code writes to file descriptor 2 into `logging`.
+
+    The TFLite interpreters print lines such as "INFO: Created TensorFlow Lite XNNPACK
+    delegate for CPU." straight to the process's stderr, past `-q` and the log format.
+    Lines starting with "INFO:" go to DEBUG, others to WARNING.
+    """
+    try:
+        fd = sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(fd)
+    with tempfile.TemporaryFile() as tmp:
+        os.dup2(tmp.fileno(), fd)
+        try:
+            yield
+        finally:
+            os.dup2(saved, fd)
+            os.close(saved)
+            tmp.seek(0)
+            for line in tmp.read().decode("utf-8", "replace").splitlines():
+                if line.strip():
+                    log.log(logging.DEBUG if line.startswith("INFO:") else logging.WARNING,
+                            "interpreter: %s", line)
 
 
 def input_lut(scale, zero_point):
@@ -99,7 +133,8 @@ class Classifier:
         pre = model.preprocessing
         self.window_shape = (pre.window_packets, pre.vector_bytes)
         try:
-            self.interpreter = Interpreter(model_content=model.data, num_threads=num_threads)
+            with native_stderr_to_log():
+                self.interpreter = Interpreter(model_content=model.data, num_threads=num_threads)
         except ModelError as e:  # the numpy backend names an unsupported operator
             raise ModelError(f"{model.path}: {e}") from None
         except Exception as e:  # the interpreters raise ValueError or RuntimeError, or numpy's ImportError
@@ -134,7 +169,8 @@ class Classifier:
             if inp["shape"][0] != batch_size:
                 self.interpreter.resize_tensor_input(self._input_index,
                                                      [batch_size, *self.window_shape], strict=False)
-            self.interpreter.allocate_tensors()
+            with native_stderr_to_log():
+                self.interpreter.allocate_tensors()
         except Exception as e:
             raise InterpreterError(f"{model.path}: cannot allocate tensors for batch size "
                                    f"{batch_size}: {e}") from None

@@ -89,6 +89,8 @@ def load_model_info(path):
         ModelError: the file is missing, not a TFLite model, or carries no edge-etc
             metadata (a model converted without `edge-etc convert`).
     """
+    if os.path.isdir(path):
+        raise ModelError(f"{path}: is a directory, not a model file")
     if not os.path.isfile(path):
         raise ModelError(f"{path}: model file not found")
     try:
@@ -101,7 +103,7 @@ def load_model_info(path):
         meta = tfl.metadata()
         operators = tfl.operators()
     except TFLiteFileError as e:
-        raise ModelError(f"{path}: {e}") from None
+        raise ModelError(f"{path}: corrupt or truncated TFLite file ({e})") from None
     if METADATA_NAME not in meta:
         raise ModelError(f"{path}: model has no edge-etc preprocessing settings; convert it "
                          "with 'edge-etc convert' so the settings travel with it")

@@ -61,6 +61,10 @@ from .errors import ConfigError
 SETTINGS_FORMAT = "edge-etc-preprocessing"
 SETTINGS_VERSION = 1
 WINDOW_RULES = ("payload", "all")
+# Settings added after the first models were written, with the value that reproduces what
+# those models were trained with. A model file that lacks one of them gets this value, never
+# the current default.
+_ABSENT_MEANS = {"context": False, "port_buckets": 0}
 CONTEXT_BYTES = 8
 
 
@@ -79,14 +83,14 @@ class Preprocessing:
         context: end each vector with the flow context bytes (see the module docstring).
     """
 
-    vector_bytes: int = 128
+    vector_bytes: int = 312
     window_packets: int = 3
     window_rule: str = "payload"
     server_port: bool = True
     mask_addresses: bool = True
     mask_capture_fields: bool = True
-    context: bool = False
-    port_buckets: int = 0
+    context: bool = True
+    port_buckets: int = 256
 
     def __post_init__(self):
         if not isinstance(self.vector_bytes, int) or not 40 <= self.vector_bytes <= 4096:
@@ -138,6 +142,8 @@ class Preprocessing:
         unknown = sorted(set(d) - known)
         if unknown:
             raise ConfigError(f"{source}: unknown preprocessing setting(s): {', '.join(unknown)}")
+        for name, value in _ABSENT_MEANS.items():
+            d.setdefault(name, value)
         return cls(**d)
 
     @property

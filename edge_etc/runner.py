@@ -43,6 +43,7 @@ class Stats:
 
     def __init__(self):
         self.records = 0
+        self.filtered = 0  # capture file records rejected by the BPF filter
         self.packets = 0  # TCP/UDP packets accounted to flows
         self.skipped = {}  # reason -> records skipped
         self.malformed = {}  # reason -> records skipped as malformed
@@ -161,6 +162,7 @@ class Pipeline:
         t = self.table
         out = {
             "records": s.records,
+            "filtered": s.filtered,
             "packets": s.packets,
             "flows": t.flows_created,
             "open_flows": len(t),
@@ -226,16 +228,21 @@ class JsonLines:
             self.f.close()
 
 
-def run_file(pipeline, capture, control):
+def run_file(pipeline, capture, control, keep=None):
     """Feed every record of an open `CaptureFile` through `pipeline`.
 
     `control.stop` is checked every 4,096 records so a signal ends a long file quickly, and
     `control.tick()` runs there too (signal requests such as a summary or a reopen).
+    `keep(linktype, frame)`, when given, is a BPF filter: rejected records are counted in
+    `pipeline.stats.filtered` and not decoded.
     """
     process = pipeline.process
     count = 0
     for ts, linktype, frame, wire_len in capture:
-        process(ts, linktype, frame, wire_len)
+        if keep is None or keep(linktype, frame):
+            process(ts, linktype, frame, wire_len)
+        else:
+            pipeline.stats.filtered += 1
         count += 1
         if count & 0xFFF == 0:
             control.tick()

@@ -19,7 +19,9 @@ SAME_AS_BASELINE = [
     "pppoe_session_tls_2flows.pcap", "pcapng_tls_2flows.pcapng", "nanosecond_tls_2flows.pcap",
     "eth_tls_2flows.pcap.gz", "pcapng_two_linktypes.pcapng",
 ]
-ALL = Preprocessing(window_rule="all")
+# Plain byte vectors of 128 bytes, every packet: the layout these tests check.
+ALL = Preprocessing(window_rule="all", vector_bytes=128, context=False, port_buckets=0)
+PAYLOAD = Preprocessing(vector_bytes=128, context=False, port_buckets=0)
 
 
 def expected_flows(name):
@@ -137,7 +139,7 @@ def test_zero_payload_acks_make_no_windows():
 
 
 def test_udp_header_padded_to_20_bytes():
-    scan = Scan(case("udp443_quic_like.pcap"))
+    scan = Scan(case("udp443_quic_like.pcap"), PAYLOAD)
     (windows,) = scan.windows.values()
     size = scan.settings.vector_bytes
     for n, w in enumerate(windows):
@@ -219,7 +221,7 @@ def test_zstd_rejected_with_hint(tmp_path):
 def test_header_only_zero_packets():
     r = run_cli("run", "--pcap", case("header_only_no_packets.pcap"))
     assert r.returncode == 0, r.stderr
-    assert "records=0 packets=0 flows=0" in r.stderr
+    assert "records=0 filtered=0 packets=0 flows=0" in r.stderr
 
 
 @pytest.mark.parametrize("name", ["truncated_mid_record.pcap", "truncated_mid_record_header.pcap"])

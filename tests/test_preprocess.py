@@ -46,8 +46,8 @@ def flow_frames(path, client_ip):
     return frames
 
 
-@pytest.mark.parametrize("settings", [Preprocessing(), Preprocessing(server_port=False),
-                                      Preprocessing(mask_capture_fields=False, vector_bytes=784)])
+@pytest.mark.parametrize("settings", [Preprocessing(), Preprocessing(server_port=False, port_buckets=0),
+                                      Preprocessing(mask_capture_fields=False, vector_bytes=784, context=False, port_buckets=0)])
 def test_vectors_identical_across_addresses_and_client_port(settings):
     frames = flow_frames(case("eth_tls_2flows.pcap"), b"\xc0\x00\x02\x0a")
     moved = [(ts, lt, rewrite(fr, b"\x0a\x01\x02\x03", b"\x08\x08\x04\x04", 61234), wl)
@@ -59,7 +59,7 @@ def test_vectors_identical_across_addresses_and_client_port(settings):
 def test_server_port_visible_only_when_set():
     frames = flow_frames(case("eth_tls_2flows.pcap"), b"\xc0\x00\x02\x0a")
     with_port = vectors_of(frames, Preprocessing())
-    without = vectors_of(frames, Preprocessing(server_port=False))
+    without = vectors_of(frames, Preprocessing(server_port=False, port_buckets=0))
     assert with_port[0][22:24] == struct.pack("!H", 443)  # client to server: dst port
     assert with_port[0][20:22] == b"\0\0"
     assert without[0][20:24] == bytes(4)
@@ -75,7 +75,7 @@ def test_capture_fields_masked():
 
 
 def test_settings_round_trip_and_rejects():
-    pre = Preprocessing(vector_bytes=256, window_rule="all", server_port=False)
+    pre = Preprocessing(vector_bytes=256, window_rule="all", server_port=False, port_buckets=0)
     assert Preprocessing.from_dict(pre.to_dict()) == pre
     with pytest.raises(ConfigError, match="vector_bytes=10"):
         Preprocessing(vector_bytes=10)
@@ -123,3 +123,14 @@ def test_trainer_and_runner_windows_identical(name):
     assert runner_windows == trainer_windows
     assert sorted(seen) == sorted(w for ws in trainer_windows.values() for w in ws)
     assert len(seen) > 0
+
+
+def test_settings_missing_newer_keys_mean_off():
+    """A model written before the context settings existed keeps plain byte vectors."""
+    old = {"format": "edge-etc-preprocessing", "version": 1, "vector_bytes": 48,
+           "window_packets": 3, "window_rule": "payload", "server_port": True,
+           "mask_addresses": True, "mask_capture_fields": True}
+    pre = Preprocessing.from_dict(old)
+    assert pre.context is False
+    assert pre.port_buckets == 0
+    assert pre.header_bytes == 48
