@@ -73,21 +73,21 @@ def _stats_features(x, settings, with_port):
     return np.concatenate(cols, axis=1)
 
 
-def choose_threshold(confidence, correct, is_background):
-    """Return the confidence threshold maximising balanced accuracy on labelled and
-    background flows: labelled flows should be right and confident, background flows should
-    fall under the threshold. Returns 0.0 without background flows."""
-    if not is_background.any():
+MAX_CORRECT_REJECTED = 0.05
+
+
+def choose_threshold(confidence, correct, is_background, max_rejected=MAX_CORRECT_REJECTED):
+    """Return the confidence threshold under which the runner says "unknown".
+
+    It is the highest threshold that turns at most `max_rejected` of the correctly
+    classified labelled flows into "unknown", so the cost in recall is bounded and
+    whatever background traffic falls under it is rejected. Returns 0.0 when there are
+    no correctly classified flows to bound it with.
+    """
+    right = confidence[correct & ~is_background]
+    if len(right) == 0:
         return 0.0
-    best_t, best = 0.0, -1.0
-    for t in np.linspace(0.0, 0.95, 39):
-        keep = confidence >= t
-        known = (correct & keep)[~is_background].mean() if (~is_background).any() else 0.0
-        rejected = (~keep)[is_background].mean()
-        score = (known + rejected) / 2
-        if score > best:
-            best_t, best = float(t), score
-    return best_t
+    return round(float(np.quantile(right, max_rejected)), 3)
 
 
 def _flow_confidence(probs, data, mask, max_windows):
@@ -105,7 +105,7 @@ class Evaluation:
     """Runs the folds for one preprocessing setting and collects reports."""
 
     def __init__(self, corpus, settings, captures, folds, epochs, seed, max_windows, first_only,
-                 int8=True):
+                 int8=True, class_power=None):
         self.settings = settings
         self.data = dataset.build_windows(corpus, settings, captures, seed=seed)
         self.captures = captures
@@ -116,6 +116,7 @@ class Evaluation:
         self.max_windows = max_windows
         self.first_only = first_only
         self.int8 = int8
+        self.class_power = class_power
 
     def split(self, f):
         train = [i for i in range(len(self.captures)) if self.fold[i] != f]
@@ -135,8 +136,9 @@ class Evaluation:
             train_idx, test_idx = self.split(f)
             started = time.time()
             position_limit = self.max_windows if self.first_only else None
+            extra = {} if self.class_power is None else {"class_power": self.class_power}
             model, val_idx = fit(data, train_idx, self.settings, self.epochs, self.seed + f,
-                                 position_limit=position_limit, return_val=True)
+                                 position_limit=position_limit, return_val=True, **extra)
             test = data.select(test_idx)
             x_test = data.x[test]
             p_float = model.predict(x_test.astype(np.float32) / 255.0, batch_size=512, verbose=0)
@@ -278,7 +280,7 @@ def confusion_text(report, classes):
 
 def evaluate_command(corpus, output, preset, seed, vector_bytes, window_rule, no_server_port,
                      no_mask_addresses, context, window_packets, max_windows, first_only,
-                     baselines, int8, port_buckets=None):
+                     baselines, int8, port_buckets=None, class_power=None):
     corpus = corpus or dataset.default_corpus()
     cfg = PRESETS[preset]
     settings = settings_from_options(vector_bytes=vector_bytes, window_rule=window_rule,
@@ -292,12 +294,13 @@ def evaluate_command(corpus, output, preset, seed, vector_bytes, window_rule, no
     started = time.time()
     os.makedirs(output, exist_ok=True)
     ev = Evaluation(corpus, settings, captures, cfg["folds"], cfg["epochs"], seed, max_windows,
-                    first_only, int8=int8)
+                    first_only, int8=int8, class_power=class_power)
     results = {"settings": settings.to_dict(), "preset": preset, "folds": cfg["folds"],
                "epochs": cfg["epochs"], "seed": seed, "max_windows": max_windows,
                "first_only": first_only, "captures": len(captures),
-               "weighting": "per flow then per class (every flow of a class the same total "
-                            "weight, every class the same total weight)"}
+               "weighting": "every flow the same total weight over its windows; class totals "
+                            "proportional to flows ** (1 - class_power), class_power "
+                            f"{class_power if class_power is not None else 'default'}"}
     results["cnn_lstm"] = ev.run_model()
     rows = [_summary_row("CNN-LSTM float", results["cnn_lstm"], "overall_float")]
     if int8:

@@ -257,6 +257,10 @@ def _training_module(name):
     """Import a training-side module, or exit with the install command for the extra."""
     import importlib
     import importlib.util
+    # TensorFlow's C++ start-up notes (oneDNN, CPU features) are noise on a command line;
+    # warnings and errors still show. -vv (DEBUG) keeps them all.
+    if logging.getLogger().level > logging.DEBUG:
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     for needed in ("tensorflow", "keras", "sklearn"):
         if importlib.util.find_spec(needed) is None:
             fail(f"this command needs the training extra ({needed} is not installed); "
@@ -348,17 +352,21 @@ def train(corpus, seed, vector_bytes, window_rule, no_server_port, context, port
 @click.option("--baselines/--no-baselines", default=True, show_default=True,
               help="Also score the port, statistics and one-packet baselines.")
 @click.option("--int8/--no-int8", default=True, show_default=True, help="Also quantize and score int8 models.")
+@click.option("--class-weight-power", type=click.FloatRange(0, 1), default=None,
+              help="Class balance of the training weights: 1 equal per class, 0 by flow count "
+                   "[default: 0.5].")
 @_verbosity
 def evaluate(corpus, seed, vector_bytes, window_rule, no_server_port, context, port_buckets, output,
              preset, window_packets, no_mask_addresses, max_windows, first_only, baselines, int8,
-             verbose, quiet):
+             class_weight_power, verbose, quiet):
     """Cross-validate the CNN-LSTM by capture file, with baselines and ablations."""
     setup_logging(verbose, quiet)
     mod = _training_module("evaluate")
     try:
         mod.evaluate_command(corpus, output, preset, seed, vector_bytes, window_rule, no_server_port,
                              no_mask_addresses, context, window_packets, max_windows, first_only,
-                             baselines, int8, port_buckets=port_buckets)
+                             baselines, int8, port_buckets=port_buckets,
+                             class_power=class_weight_power)
     except EdgeEtcError as e:
         fail(str(e), e.exit_code)
 

@@ -112,7 +112,9 @@ class Preprocessing:
             raise ConfigError("port_buckets needs context = true and server_port = true")
         if self.header_bytes < 40:
             raise ConfigError(f"vector_bytes={self.vector_bytes} leaves {self.header_bytes} header "
-                              "bytes after the context bytes: expected at least 40")
+                              f"bytes after {self.context_bytes} context bytes: expected at least 40; "
+                              f"use vector_bytes >= {40 + self.context_bytes}, or fewer port_buckets "
+                              "or no context")
 
     def to_dict_plain(self):
         """Return the settings alone, without the format marker and version."""
