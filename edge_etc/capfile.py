@@ -23,6 +23,7 @@ import lzma
 import os
 import struct
 import sys
+import zlib
 
 from .errors import CaptureFileError
 
@@ -44,6 +45,8 @@ _COMPRESSED = {
     b"\xfd7zXZ\x00": ("xz", lzma.LZMAFile),
 }
 STDIN = "-"
+# What a corrupt or cut compressed stream raises while it is read.
+_STREAM_ERRORS = (OSError, EOFError, lzma.LZMAError, zlib.error)
 _UNSUPPORTED_COMPRESSION = {b"\x28\xb5\x2f\xfd": "zstd", b"\x04\x22\x4d\x18": "lz4", b"PK\x03\x04": "zip"}
 
 
@@ -113,7 +116,7 @@ class CaptureFile:
                 self._start_pcapng()
             else:
                 raise CaptureFileError(f"{path}: not a pcap or pcapng file (magic {head.hex()})")
-        except (OSError, EOFError, lzma.LZMAError) as e:
+        except _STREAM_ERRORS as e:
             self._f.close()
             raise CaptureFileError(f"{path}: cannot read: {e}") from None
         except CaptureFileError:
@@ -155,7 +158,12 @@ class CaptureFile:
         tick = self._tick
         offset = self._offset
         while True:
-            header = read(16)
+            try:
+                header = read(16)
+            except _STREAM_ERRORS as e:
+                self._stop(f"reading the {self.compression or 'file'} stream failed in record "
+                           f"{self.records + 1}: {e}", offset)
+                return
             if len(header) < 16:
                 if header:
                     self._stop(f"file ends inside the header of record {self.records + 1}", offset)
@@ -165,7 +173,12 @@ class CaptureFile:
                 self._stop(f"record {self.records + 1} has captured length {caplen} "
                            f"> {MAX_RECORD_BYTES}; the file is corrupt from here", offset)
                 return
-            frame = read(caplen)
+            try:
+                frame = read(caplen)
+            except _STREAM_ERRORS as e:
+                self._stop(f"reading the {self.compression or 'file'} stream failed in record "
+                           f"{self.records + 1}: {e}", offset)
+                return
             if len(frame) < caplen:
                 self._stop(f"file ends inside the data of record {self.records + 1} "
                            f"({len(frame)} of {caplen} bytes)", offset)
@@ -221,7 +234,12 @@ class CaptureFile:
         read = self._f.read
         while True:
             start = self._offset
-            head = read(8)
+            try:
+                head = read(8)
+            except _STREAM_ERRORS as e:
+                self._stop(f"reading the {self.compression or 'file'} stream failed after record "
+                           f"{self.records}: {e}", start)
+                return
             if len(head) < 8:
                 if head:
                     self._stop(f"file ends inside a block header after record {self.records}", start)
@@ -251,7 +269,12 @@ class CaptureFile:
             if length < 12 or length % 4 or length > MAX_BLOCK_BYTES:
                 self._stop(f"block after record {self.records} has invalid length {length}", start)
                 return
-            body = read(length - 8)
+            try:
+                body = read(length - 8)
+            except _STREAM_ERRORS as e:
+                self._stop(f"reading the {self.compression or 'file'} stream failed in record "
+                           f"{self.records + 1}: {e}", start)
+                return
             if len(body) < length - 8:
                 self._stop(f"file ends inside the block of record {self.records + 1}", start)
                 return
@@ -290,6 +313,8 @@ class CaptureFile:
             (wire_len,) = struct.unpack_from(e + "I", body, 0)
             linktype = self._interfaces[0][0]
             frame = body[4:4 + min(wire_len, len(body) - 4)]
+            if len(frame) > MAX_RECORD_BYTES:
+                raise ValueError(f"captured length {len(frame)} > {MAX_RECORD_BYTES}")
             return (0.0, linktype, frame, max(wire_len, len(frame)))
         return None  # statistics, name resolution, custom and unknown blocks
 
@@ -305,8 +330,8 @@ class CaptureFile:
                 yield from self._iter_pcap()
             else:
                 yield from self._iter_pcapng()
-        except (OSError, EOFError, lzma.LZMAError) as e:
-            # A compressed stream that is corrupt or cut short fails here, mid-file.
+        except _STREAM_ERRORS as e:
+            # A stream error outside the guarded reads (a section header block).
             self.stopped = (f"{self.path}: reading the {self.compression or 'file'} stream failed "
                             f"after record {self.records}: {e}; kept {self.records} records")
             log.warning("%s", self.stopped)

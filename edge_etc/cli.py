@@ -2,7 +2,8 @@
 
 Exit codes: 0 success; 1 runtime failure (interpreter, capture device, conversion, a
 missing optional dependency); 2 invalid input (usage, unreadable or invalid capture or
-model file, invalid settings); 3 with `--strict`, a capture file that ended inside a record.
+model file, invalid settings); 3 with `--strict`, a capture file that stopped early (cut
+inside a record, or a corrupt or oversized record).
 
 Imports stay inside the command bodies: `edge-etc --help` and `edge-etc run` never import
 TensorFlow, and `--help` does not even import numpy.

@@ -286,7 +286,10 @@ class Decoder:
             whole = self.reassembler.add_ipv4(ts, ip, ihl, total, frag)
             if whole is None:
                 return None
+            # The rebuilt header is the first fragment's, whose options may differ from the
+            # fragment that completed the datagram.
             ip = whole
+            ihl = (ip[0] & 0x0F) * 4
             n = total = len(ip)
         return self._transport(ts, 4, proto, ip[12:16], ip[16:20], ip, n, ihl, total)
 
@@ -322,9 +325,9 @@ class Decoder:
                 whole = self.reassembler.add_ipv6(ts, ip, p, nh_at, total, offset_flags)
                 if whole is None:
                     return None
+                # Extension headers may follow the Fragment header: keep walking.
                 ip, nh, p = whole
                 n = total = len(ip)
-                break
             else:
                 break
         else:
@@ -406,14 +409,20 @@ class Reassembler:
         self.timeout_s = timeout_s
         self.pending = {}
         self.dropped = {}
+        # Largest time stamp seen: like the flow table's clock, a stamp that goes back
+        # expires nothing.
+        self.now = None
 
     def _drop(self, reason, count=1):
         self.dropped[reason] = self.dropped.get(reason, 0) + count
 
     def _expire(self, ts):
+        if self.now is None or ts > self.now:
+            self.now = ts
         if not self.pending:
             return
-        old = [k for k, d in self.pending.items() if ts - d[0] > self.timeout_s or ts < d[0] - self.timeout_s]
+        now = self.now
+        old = [k for k, d in self.pending.items() if now - d[0] > self.timeout_s]
         for k in old:
             del self.pending[k]
             self._drop("fragment timeout")
@@ -425,8 +434,10 @@ class Reassembler:
             if len(self.pending) >= self.max_datagrams:
                 del self.pending[next(iter(self.pending))]
                 self._drop("fragment buffer full")
-            # [first-seen time, {offset: bytes}, total length or None, header of offset 0]
-            entry = [ts, {}, None, None]
+            # [first-seen time on the clock, {offset: bytes}, total length or None, header
+            # of offset 0]. The clock, not the fragment's own stamp, so a stamp from the
+            # past does not make the datagram look old at once.
+            entry = [self.now, {}, None, None]
             self.pending[key] = entry
         parts = entry[1]
         if offset in parts or offset + len(data) > 65535:
@@ -470,7 +481,7 @@ class Reassembler:
         if done is None:
             return None
         header, payload = done
-        total = ihl + len(payload)
+        total = len(header) + len(payload)
         if total > 65535:
             self._drop("fragment overlap or oversize")
             return None

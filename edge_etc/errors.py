@@ -11,7 +11,7 @@ class ExitCode:
     OK = 0
     RUNTIME = 1  # a failure while running: interpreter, capture device, conversion
     BAD_INPUT = 2  # usage errors, unreadable or invalid files, invalid settings
-    INCOMPLETE = 3  # --strict only: a capture file ended inside a record
+    INCOMPLETE = 3  # --strict only: a capture file stopped early (cut short or a corrupt record)
 
 
 class EdgeEtcError(Exception):

@@ -189,8 +189,8 @@ class Pipeline:
             for reason, count in sorted(table.items(), key=lambda kv: -kv[1]):
                 log.info("  %s: %s: %d", label, reason, count)
         if self.table.time_jumps_back or self.table.time_jumps_forward:
-            log.info("  time stamps jumped backwards %d times and forward %d times",
-                     self.table.time_jumps_back, self.table.time_jumps_forward)
+            log.info("  packets stamped more than 1 s before the clock: %d; forward jumps over "
+                     "10 idle timeouts: %d", self.table.time_jumps_back, self.table.time_jumps_forward)
         if self.stats.stopped:
             log.info("  reading stopped early: %s", self.stats.stopped)
         return summary
