@@ -295,7 +295,18 @@ def evaluate_command(corpus, output, preset, seed, vector_bytes, window_rule, no
     os.makedirs(output, exist_ok=True)
     ev = Evaluation(corpus, settings, captures, cfg["folds"], cfg["epochs"], seed, max_windows,
                     first_only, int8=int8, class_power=class_power)
-    results = {"settings": settings.to_dict(), "preset": preset, "folds": cfg["folds"],
+    flags = []
+    if no_server_port:
+        flags.append("--no-server-port")
+    if no_mask_addresses:
+        flags.append("--no-mask-addresses")
+    if first_only:
+        flags.append("--first-only")
+    if max_windows != 5:
+        flags.append(f"--max-windows {max_windows}")
+    if window_packets is not None:
+        flags.append(f"--window-packets {window_packets}")
+    results = {"flags": " ".join(flags), "settings": settings.to_dict(), "preset": preset, "folds": cfg["folds"],
                "epochs": cfg["epochs"], "seed": seed, "max_windows": max_windows,
                "first_only": first_only, "captures": len(captures),
                "weighting": "every flow the same total weight over its windows; class totals "

@@ -78,3 +78,17 @@ def test_run_rejects_model_without_settings(tmp_path):
     r = run_cli("run", "--pcap", case("eth_tls_2flows.pcap"), "--model", str(path))
     assert r.returncode == 2
     assert "no edge-etc preprocessing settings" in r.stderr
+
+
+def test_evaluate_ci_preset(corpus, tmp_path):
+    out = tmp_path / "evaluation"
+    env = dict(os.environ, EDGE_ETC_CORPUS=corpus)
+    r = run_cli("evaluate", "--preset", "ci", "-o", str(out), "-q", env=env, timeout=1200)
+    assert r.returncode == 0, r.stderr[-2000:]
+    result = json.loads((out / "evaluation.json").read_text())
+    names = [row["name"] for row in result["summary"]]
+    for expected in ("CNN-LSTM float", "CNN-LSTM int8", "server port only",
+                     "statistics (random forest)", "statistics + server port", "one-packet CNN"):
+        assert expected in names
+    assert (out / "confusion_float.png").stat().st_size > 0
+    assert "flow macro-F1" in (out / "evaluation.txt").read_text()
