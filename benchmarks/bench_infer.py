@@ -8,14 +8,18 @@ Usage: python benchmarks/bench_infer.py [--model FILE] [--backends litert,numpy]
 
 import argparse
 import json
+import os
 import platform
 import time
 
-import numpy as np
+# As the CLI does: one BLAS thread, set before numpy is imported.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
-from edge_etc.errors import EdgeEtcError
-from edge_etc.infer import Classifier
-from edge_etc.model import default_model_path, load_model_info
+import numpy as np  # noqa: E402
+
+from edge_etc.errors import EdgeEtcError  # noqa: E402
+from edge_etc.infer import Classifier  # noqa: E402
+from edge_etc.model import default_model_path, load_model_info  # noqa: E402
 
 
 def measure(model, backend, batch, seconds, seed=0):

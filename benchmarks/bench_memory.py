@@ -8,7 +8,7 @@ with the bundled model, JSON lines written to a file:
 - SYN flood: 200,000 one-packet flows then two TLS flows (tests/data/make_syn_flood.py),
   with the default table of 65,536 flows and with `--max-flows 10000`;
 - per flow: (peak at flows_100k.pcap - peak at flows_1k.pcap) / 99,000, with the table
-  large enough to hold every flow (`--max-flows 200000`, `--idle-timeout 100000`), so the
+  large enough to hold every flow (`--max-flows 200000`, `--idle-timeout 86400`), so the
   100,000 flows are open at once.
 
 Usage: python benchmarks/bench_memory.py [--data benchmarks/data] [--json OUT]
@@ -44,12 +44,12 @@ def main():
         big = os.path.join(args.data, "flows_100k.pcap")
         if os.path.isfile(small):
             plan.append(("flows_1k, all open", ["--pcap", small, "--max-flows", "200000",
-                                                 "--idle-timeout", "100000"]))
+                                                 "--idle-timeout", "86400"]))
         plan.append(("SYN flood, --max-flows 10000", ["--pcap", flood, "--max-flows", "10000"]))
         plan.append(("SYN flood, default table", ["--pcap", flood]))
         if os.path.isfile(big):
             plan.append(("flows_100k, all open", ["--pcap", big, "--max-flows", "200000",
-                                                   "--idle-timeout", "100000"]))
+                                                   "--idle-timeout", "86400"]))
         for name, run_args in plan:
             # Each measurement in a fresh interpreter, so RUSAGE_CHILDREN covers one run only.
             code = ("import json, resource, subprocess, sys\n"
@@ -62,6 +62,8 @@ def main():
             out = subprocess.run([sys.executable, "-c", code, *run_args], capture_output=True, text=True)
             elapsed = time.perf_counter() - started
             result = json.loads(out.stdout)
+            if result["rc"] != 0:
+                sys.exit(f"{name}: edge-etc run failed with exit code {result['rc']}")
             row = {"case": name, "peak_rss_mib": round(result["kib"] / 1024, 1),
                    "seconds": round(elapsed, 2), "rc": result["rc"],
                    "summary": result["summary"].split("summary: ")[-1]}

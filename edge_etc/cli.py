@@ -116,6 +116,7 @@ class Control:
 @config.run_option("model.batch_size")
 @config.run_option("capture.snaplen")
 @config.run_option("capture.promisc")
+@config.run_option("capture.buffer_mib")
 @config.run_option("output.syslog")
 @config.run_option("output.syslog_facility")
 @config.run_option("output.syslog_address")
@@ -178,7 +179,8 @@ def _run(pcap_file, iface, settings, strict):
     else:
         from .capture import open_live
         handle = open_live(iface, settings.capture.filter, snaplen=settings.capture.snaplen,
-                           promisc=settings.capture.promisc)
+                           promisc=settings.capture.promisc,
+                           buffer_bytes=settings.capture.buffer_mib * 1024 * 1024)
 
     # Open every output file while still privileged, then switch users before any model
     # file or packet is parsed.

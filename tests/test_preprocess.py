@@ -134,3 +134,28 @@ def test_settings_missing_newer_keys_mean_off():
     assert pre.context is False
     assert pre.port_buckets == 0
     assert pre.header_bytes == 48
+
+
+def test_window_rows_equal_full_vectors():
+    """The flow table keeps vectors without the port block and appends it per window: each
+    window row must equal the packet's full vector."""
+    settings = Preprocessing()
+    assert settings.port_buckets
+    scan = Scan(case("eth_tls_2flows.pcap"), settings)
+    decoder = Decoder()
+    full = {}
+    last_ts = {}
+    for ts, lt, frame, wl in CaptureFile(case("eth_tls_2flows.pcap")):
+        pkt = decoder.decode(ts, lt, frame, wl)
+        client = pkt.sport != 443
+        key = pkt.sport if client else pkt.dport
+        gap = ts - last_ts.get(key, ts)
+        last_ts[key] = ts
+        if pkt.payload_len:
+            full.setdefault(key, []).append(vectorize(pkt, client, settings, gap))
+    size = settings.vector_bytes
+    for name, windows in scan.windows.items():
+        port = int(name.split(":")[1].split()[0])
+        rows = [w[i * size:(i + 1) * size] for w in windows for i in range(3)]
+        expected = [full[port][j + i] for j in range(len(windows)) for i in range(3)]
+        assert rows == expected
