@@ -1,9 +1,9 @@
 """Live capture with pypcap (libpcap), the only module that imports `pcap`.
 
 The handle is opened in immediate mode, so a quiet link delivers each packet at once
-instead of after the kernel buffer's timeout, and read in non-blocking mode behind
-`select`, so a signal stops the loop within one poll interval: a blocking libpcap read
-holds the GIL and would ignore Ctrl-C.
+instead of after the kernel buffer's timeout. It is read in non-blocking mode behind
+`select`, so a signal stops the loop within one poll interval. A blocking libpcap read
+would hold the GIL and ignore Ctrl-C.
 """
 
 import logging

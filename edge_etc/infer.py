@@ -123,7 +123,8 @@ class Classifier:
     Args:
         model: a `ModelInfo`.
         batch_size: windows per interpreter call; shorter batches are padded.
-        backend: "auto", "litert" or "tflite-runtime".
+        backend: "auto", "litert", "tflite-runtime" or "numpy". With "auto", an interpreter
+            that imports but cannot be created hands over to the numpy backend.
         num_threads: interpreter threads.
 
     Raises:
