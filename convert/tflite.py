@@ -267,7 +267,7 @@ def convert_command(keras_path, output, corpus, force, seed):
         "preprocessing": settings.to_dict(),
         "labels": labels,
     }
-    text = (f"parity on {report['windows']} held-out windows: argmax agreement "
+    text = (f"parity on {report['windows']} held-out windows (labelled and unlabelled flows): argmax agreement "
             f"{agreement:.4f}, largest probability difference {max_diff:.4f}; accuracy float "
             f"{report['float_accuracy']:.4f}, int8 {report['int8_accuracy']:.4f}; size "
             f"{len(tflite)} bytes; operators {', '.join(report['operators'])}")

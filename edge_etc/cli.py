@@ -375,9 +375,10 @@ def evaluate(corpus, seed, vector_bytes, window_rule, no_server_port, context, p
 
 
 @main.command()
-@click.argument("model_path", metavar="MODEL.tflite", required=False)
+@click.argument("model_path", metavar="[MODEL.tflite]", required=False)
 def info(model_path):
-    """Show a model's labels, preprocessing settings and operators."""
+    """Show a model's labels, preprocessing settings and operators (the bundled model's
+    without an argument)."""
     import json
 
     from .model import default_model_path, load_model_info
