@@ -38,6 +38,8 @@ def flow_balanced_weights(y, flow, n_classes, class_power=CLASS_WEIGHT_POWER):
     balance raised recall on small classes but cost more precision than it gained in
     grouped cross-validation, so the default is in between.
     """
+    if len(flow) == 0:
+        return np.zeros(0)
     _, inverse, per_flow = np.unique(flow, return_inverse=True, return_counts=True)
     w = 1.0 / per_flow[inverse]
     for c in range(n_classes):
@@ -104,8 +106,11 @@ def fit(data, train_idx, settings, epochs, seed, val_share=0.15, position_limit=
 
 
 def evaluate(model, data, test_idx, max_windows=5):
-    """Return window-level and flow-level reports on the captures `test_idx`."""
+    """Return window-level and flow-level reports on the captures `test_idx`, or None when
+    those captures have no labelled windows."""
     m = data.select(test_idx) & (data.y >= 0)
+    if not m.any():
+        return None
     probs = model.predict(data.x[m].astype(np.float32) / 255.0, batch_size=512, verbose=0)
     window_pred = probs.argmax(1)
     flow_true, flow_pred, _ = flow_decisions(probs, data.flow[m], data.position[m],
@@ -158,12 +163,18 @@ def train_command(corpus, output, epochs, seed, vector_bytes, window_rule, no_se
     if not (data.y >= 0).any():
         raise ConfigError(f"{corpus}: no labelled windows in the selected captures")
     train_idx, test_idx = dataset.split_captures(captures, seed=seed)
+    if not test_idx:
+        log.warning("no capture is held out for testing: every class has a single capture; "
+                    "the model is trained and saved without held-out results")
     model, val_idx = fit(data, train_idx, settings, epochs, seed, return_val=True)
     threshold = unknown_threshold(model, data, val_idx)
     report = evaluate(model, data, test_idx)
 
     os.makedirs(output, exist_ok=True)
     model_path = os.path.join(output, "model.h5")
+    # The .h5 format is what `edge-etc convert` documents; Keras's note that it is a legacy
+    # format is not for the user of this command.
+    logging.getLogger("absl").setLevel(logging.ERROR)
     model.save(model_path)
     meta = {
         "labels": data.classes,
@@ -179,9 +190,13 @@ def train_command(corpus, output, epochs, seed, vector_bytes, window_rule, no_se
     with open(os.path.join(output, "model.json"), "w") as f:
         json.dump(meta, f, indent=1)
     text = (f"Held-out captures: {len(test_idx)} of {len(captures)} (split by capture file, seed {seed})\n"
-            f"Unknown threshold: {threshold:.2f} (reported flows above use no threshold)\n\n"
-            "Windows:\n" + format_report(report["windows"]) +
-            "\nFlows (mean of the first 5 windows, as the runner decides):\n" + format_report(report["flows"]))
+            f"Unknown threshold: {threshold:.2f} (reported flows above use no threshold)\n\n")
+    if report is None:
+        text += "No held-out results: the held-out captures have no labelled windows.\n"
+    else:
+        text += ("Windows:\n" + format_report(report["windows"]) +
+                 "\nFlows (mean of the first 5 windows, as the runner decides):\n" +
+                 format_report(report["flows"]))
     with open(os.path.join(output, "report.txt"), "w") as f:
         f.write(text)
     print(text)

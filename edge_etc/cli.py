@@ -226,7 +226,7 @@ def _run(pcap_file, iface, settings, strict):
     except OSError as e:
         pipeline.log_summary()
         target = settings.output.json_file if settings.output.json_file not in (None, "-") else "stdout"
-        raise EdgeEtcError(f"{target}: writing the output failed: {e.strerror or e}") from None
+        raise EdgeEtcError(f"--output {target}: writing failed: {e.strerror or e}") from None
     finally:
         try:
             outputs.close()

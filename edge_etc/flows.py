@@ -13,7 +13,8 @@ counts in its flow. A jump forward expires the flows it makes idle, once.
 Client and server: the client is the sender of a TCP SYN (or the receiver of a SYN+ACK)
 when the handshake is seen; otherwise the endpoint with the higher port number, because
 servers listen on the lower port far more often than not, and a rule that ignores packet
-order gives the same answer wherever in a flow the capture started. The client is reported
+order gives the same answer wherever in a flow the capture started. With equal ports the
+sender of the flow's first packet is the client. The client is reported
 as `src`. The server port is the one the vectors may keep.
 
 A TCP SYN without ACK on a 5-tuple whose flow has seen FIN or RST starts a new flow.
@@ -63,7 +64,7 @@ class Flow:
                 self._orient(pkt.dst, pkt.dport, pkt.src, pkt.sport)
             else:
                 self._orient(pkt.src, pkt.sport, pkt.dst, pkt.dport)
-        elif pkt.sport > pkt.dport:
+        elif pkt.sport >= pkt.dport:  # equal ports (NTP, mDNS): the first sender is the client
             self._orient(pkt.src, pkt.sport, pkt.dst, pkt.dport)
         else:
             self._orient(pkt.dst, pkt.dport, pkt.src, pkt.sport)
