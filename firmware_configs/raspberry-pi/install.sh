@@ -96,7 +96,11 @@ main() {
 
 	install -m 644 "$here/edge-etc.service" "$UNIT_DIR/edge-etc.service"
 	install -m 644 "$here/edge-etc.logrotate" /etc/logrotate.d/edge-etc
-	systemctl daemon-reload
+	# In a chroot or an image build there is no running systemd to reload; enabling the
+	# unit still works offline.
+	if [ -d /run/systemd/system ]; then
+		systemctl daemon-reload
+	fi
 	systemctl enable edge-etc.service
 	if [ "$start" = 1 ]; then
 		systemctl restart edge-etc.service
