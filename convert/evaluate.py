@@ -77,7 +77,7 @@ MAX_CORRECT_REJECTED = 0.05
 
 
 def choose_threshold(confidence, correct, is_background, max_rejected=MAX_CORRECT_REJECTED):
-    """Return the confidence threshold under which the runner says "unknown".
+    """Return the confidence threshold under which the runner reports "unknown".
 
     It is the highest threshold that turns at most `max_rejected` of the correctly
     classified labelled flows into "unknown", so the cost in recall is bounded and

@@ -217,7 +217,7 @@ def convert_command(keras_path, output, corpus, force, seed):
         info = {"trained_on": os.path.basename(meta.get("corpus", "")), "seed": meta.get("seed"),
                 "results": meta.get("results")}
     else:
-        # Plain byte vectors: a foreign model knows nothing of edge-etc's context bytes.
+        # Plain byte vectors, because a foreign model was not trained with context bytes.
         settings = Preprocessing(vector_bytes=vector_bytes, window_packets=packets, context=False,
                                  port_buckets=0)
         labels = list(dataset.CLASSES) if n_out == len(dataset.CLASSES) else [f"class{i}" for i in range(n_out)]

@@ -134,7 +134,7 @@ def settings_from_options(**options):
 
 
 def unknown_threshold(model, data, val_idx, max_windows=5):
-    """Return the confidence under which the runner says "unknown", chosen on the
+    """Return the confidence under which the runner reports "unknown", chosen on the
     validation captures' labelled and background flows (see evaluate.choose_threshold)."""
     from .evaluate import _flow_confidence, choose_threshold
 

@@ -46,7 +46,7 @@ _COMPRESSED = {
     b"\xfd7zXZ\x00": ("xz", lzma.LZMAFile),
 }
 STDIN = "-"
-# What a corrupt or cut compressed stream raises while it is read.
+# Exceptions a corrupt or cut compressed stream raises while it is read.
 _STREAM_ERRORS = (OSError, EOFError, lzma.LZMAError, zlib.error)
 _UNSUPPORTED_COMPRESSION = {b"\x28\xb5\x2f\xfd": "zstd", b"\x04\x22\x4d\x18": "lz4", b"PK\x03\x04": "zip"}
 
@@ -90,7 +90,7 @@ class CaptureFile:
     """A pcap or pcapng file opened for reading.
 
     Iterating yields `(ts, linktype, frame, wire_len)` for each record. When the file ends
-    inside a record or a record is implausible, iteration stops, `stopped` holds a message
+    inside a record or a record is implausible, iteration stops, `stopped` contains a message
     naming the file, the record number and the byte offset, and a warning is logged.
 
     Args:
@@ -195,8 +195,8 @@ class CaptureFile:
     def _refill(self, buf, pos, base, need):
         """Keep buf[pos:] and read until `need` bytes are there or the file ends.
 
-        Returns (buf, 0, file offset of the new buf, at end of file); buf is None when the
-        stream failed, after `_stop` said where.
+        Returns (buf, 0, file offset of the new buf, at end of file). buf is None when the
+        stream failed, after `_stop` logged where.
         """
         rest = buf[pos:]
         base += pos

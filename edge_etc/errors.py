@@ -1,7 +1,7 @@
 """Exception tree and exit codes shared by the device side and the training side.
 
 Every error that reaches the command line carries a one-line message that names the input
-and the problem; the CLI prints that line and exits with the code of the error class.
+and the problem. The CLI prints that line and exits with the code of the error class.
 """
 
 

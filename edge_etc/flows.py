@@ -13,7 +13,7 @@ counts in its flow. A jump forward expires the flows it makes idle, once.
 Client and server: the client is the sender of a TCP SYN (or the receiver of a SYN+ACK)
 when the handshake is seen; otherwise the endpoint with the higher port number, because
 servers listen on the lower port far more often than not, and a rule that ignores packet
-order gives the same answer wherever in a flow the capture started. With equal ports the
+order gives the same result wherever in a flow the capture started. With equal ports the
 sender of the flow's first packet is the client. The client is reported
 as `src`. The server port is the one the vectors may keep.
 
@@ -162,8 +162,8 @@ class FlowTable:
         settings = self.settings
         if flow.windows >= self.max_windows or not settings.takes(pkt):
             return
-        # The kept vectors leave out the port block, which is the same for every packet of
-        # the flow (it encodes the flow's server port); it is appended per window below.
+        # The kept vectors leave out the port block, because it encodes the flow's server
+        # port and is the same for every packet. It is appended per window below.
         vec = vectorize(pkt, pkt.dst == flow.server and pkt.dport == flow.server_port, settings,
                         gap_s, port_block=False)
         recent = flow.recent

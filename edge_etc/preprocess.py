@@ -53,6 +53,7 @@ is `window_packets` consecutive such packets of one flow, in capture order.
 """
 
 import dataclasses
+import functools
 import json
 import math
 
@@ -248,8 +249,12 @@ def _context(pkt, server_is_dst, settings, gap_s, port_block):
     return out
 
 
+@functools.lru_cache(maxsize=4096)
 def port_block_of(server_port, settings):
-    """Return the one-hot server port block of `settings` (empty without port buckets)."""
+    """Return the one-hot server port block of `settings` (empty without port buckets).
+
+    Cached: the flow table asks for it once per window, and few ports repeat many times.
+    """
     if not settings.port_buckets:
         return b""
     block = bytearray(settings.port_buckets)

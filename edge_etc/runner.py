@@ -85,7 +85,8 @@ class Pipeline:
         self._bug_logged = False
 
     def process(self, ts, linktype, frame, wire_len):
-        """Decode one record and account it; never raises for a bad packet."""
+        """Decode one record and account it. A bad packet is counted, never raised: any
+        exception from decoding or the flow table is caught below."""
         stats = self.stats
         stats.records += 1
         try:

@@ -170,15 +170,16 @@ def test_non_ip_only_exits_zero_without_model_calls():
     r = run_cli("run", "--pcap", case("icmp_arp_igmp_only.pcap"))
     assert r.returncode == 0, r.stderr
     assert r.stdout == ""
-    assert "flows=0" in r.stderr and "windows=0" in r.stderr
+    assert "flows=0" in r.stderr
+    assert "windows=0" in r.stderr
 
 
 def test_dns_noise_and_tls_flow_classified():
     r = run_cli("run", "--pcap", case("dns_ntp_mdns_noise_plus_1tls.pcap"))
     assert r.returncode == 0, r.stderr
     records = [json.loads(line) for line in r.stdout.splitlines()]
-    assert any(x["src_ip"] == "192.0.2.90" and x["src_port"] == 51012 and x["dst_port"] == 443
-               for x in records)
+    endpoints = {(x["src_ip"], x["src_port"], x["dst_port"]) for x in records}
+    assert ("192.0.2.90", 51012, 443) in endpoints
 
 
 def test_long_flow_capped_windows():
@@ -199,7 +200,8 @@ def test_bad_files_exit_2_one_line(name, message):
     assert r.stdout == ""
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1, r.stderr
-    assert name in lines[0] and message in lines[0]
+    assert name in lines[0]
+    assert message in lines[0]
     assert "Traceback" not in r.stderr
 
 
@@ -227,7 +229,8 @@ def test_header_only_zero_packets():
 @pytest.mark.parametrize("name", ["truncated_mid_record.pcap", "truncated_mid_record_header.pcap"])
 def test_truncated_keeps_records_and_says_where(name):
     scan = Scan(case(name))
-    assert "record 11" in scan.stopped and "byte offset" in scan.stopped
+    assert "record 11" in scan.stopped
+    assert "byte offset" in scan.stopped
     r = run_cli("run", "--pcap", case(name))
     assert r.returncode == 0
     assert "records=10 " in r.stderr

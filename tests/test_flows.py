@@ -81,7 +81,8 @@ def test_midstream_server_is_lower_port():
     table = FlowTable(PRE, lambda *a: None)
     table.add(packet(0, B, 443, A, 50001))
     (flow,) = table.flows.values()
-    assert flow.server_port == 443 and flow.client_port == 50001
+    assert flow.server_port == 443
+    assert flow.client_port == 50001
 
 
 def test_reused_tuple_after_fin_is_new_flow():
@@ -108,7 +109,8 @@ def test_windows_stop_at_max_and_free_buffer():
         table.add(packet(i, A, 50001, B, 443))
     assert len(windows) == 2
     (flow,) = table.flows.values()
-    assert flow.recent is None and flow.packets == 10
+    assert flow.recent is None
+    assert flow.packets == 10
 
 
 def test_syn_flood_capped_and_tls_flows_classified(tmp_path):

@@ -124,4 +124,5 @@ def test_sigint_on_silent_link_stops_fast(veth):
 def test_missing_interface_one_line_error():
     r = run_cli("run", "--iface", "no-such-if0")
     assert r.returncode == 1
-    assert "no-such-if0" in r.stderr and "Traceback" not in r.stderr
+    assert "no-such-if0" in r.stderr
+    assert "Traceback" not in r.stderr

@@ -25,7 +25,8 @@ def test_train_convert_run(corpus, tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     assert "argmax agreement" in r.stdout
     parity = json.loads((out / "model.tflite.parity.json").read_text())
-    assert parity["windows"] > 0 and "FULLY_CONNECTED" in parity["operators"]
+    assert parity["windows"] > 0
+    assert "FULLY_CONNECTED" in parity["operators"]
 
     r = run_cli("run", "--pcap", case("eth_tls_2flows.pcap"), "--model", str(out / "model.tflite"))
     assert r.returncode == 0, r.stderr
@@ -47,7 +48,8 @@ def test_convert_rejects_gru_by_name(tmp_path):
     path = _save(keras.Model(inp, out), tmp_path / "gru.h5")
     r = run_cli("convert", path)
     assert r.returncode == 2
-    assert "my_gru" in r.stderr and "GRU" in r.stderr
+    assert "my_gru" in r.stderr
+    assert "GRU" in r.stderr
     assert "Traceback" not in r.stderr
 
 
