@@ -61,6 +61,10 @@ _PADDING_SAME, _PADDING_VALID = 0, 1
 
 _MATMUL_MODE = os.environ.get("EDGE_ETC_NUMPY_MATMUL", "float")
 
+# Kernel families of `Interpreter`: XNNPACK's arithmetic (ai-edge-litert's default
+# interpreter) or TFLite's reference kernels (OpResolverType.BUILTIN_REF).
+KERNELS = ("xnnpack", "reference")
+
 
 class _Tensor:
     """One tensor of the model: type, shape, quantization and constant data, if any."""
@@ -312,6 +316,109 @@ def _activation_range(activation, tensor, op):
     raise _unsupported(op, f"fused activation {activation}")
 
 
+# ---------------------------------------------------------------------------------------
+# XNNPACK's arithmetic, as the XNNPACK delegate of ai-edge-litert 2.3 runs it on x86-64.
+# Each helper returns None where the delegate leaves the operator to TFLite's own kernels.
+
+
+def _xnnpack_channel_scales(ctx, x, w, out, channels):
+    """Return the float32 requantization scale per output channel, or None.
+
+    XNNPACK computes input_scale * weight_scale / output_scale in float32, left to right,
+    and rejects a layer with a scale of 256 or more.
+    """
+    scales = w.scales
+    if len(scales) not in (1, channels):
+        raise ctx.fail(f"{len(scales)} weight scales for {channels} output channels")
+    if len(scales) == 1:
+        scales = np.repeat(scales, channels)
+    if np.any(w.zero_points != 0):
+        raise ctx.fail("weights with non-zero zero points")
+    result = np.float32(x.scale) * scales.astype(np.float32) / np.float32(out.scale)
+    if not np.all(result < 256):
+        return None
+    return result.astype(np.float32)
+
+
+class _FloatRequantizer:
+    """Rescales int32 accumulators as XNNPACK's fp32 requantization does.
+
+    output = clamp(rint(float32(acc) * scale) + zero_point, low, high): the accumulator is
+    rounded to float32, multiplied in float32, and rounded to the nearest integer with ties
+    to even (cvtps2dq under the default rounding mode).
+    """
+
+    def __init__(self, scales, zero_point, low, high):
+        self.scale = np.asarray(scales, np.float32)
+        self.zero_point = np.float32(zero_point)
+        self.low = np.float32(low)
+        self.high = np.float32(high)
+
+    def __call__(self, acc):
+        """Return int8 outputs; `acc` (int64 or exact float values) may be overwritten."""
+        y = acc if acc.dtype == np.float32 else acc.astype(np.float32)
+        y *= self.scale
+        np.rint(y, out=y)
+        y += self.zero_point
+        np.clip(y, self.low, self.high, out=y)
+        return y.astype(np.int8)
+
+
+def _xnnpack_activation_range(activation, tensor, op):
+    """Return the int8 output clamp XNNPACK derives from a fused activation.
+
+    The float bound is quantized as round-to-nearest-even(bound / scale + zero_point) in
+    float32. It differs from `_activation_range` only when bound / scale is a tie.
+    """
+    bounds = {_ACT_NONE: (None, None), _ACT_RELU: (0.0, None), _ACT_RELU6: (0.0, 6.0),
+              _ACT_RELU_N1_TO_1: (-1.0, 1.0)}
+    if activation not in bounds:
+        raise _unsupported(op, f"fused activation {activation}")
+
+    def quantize(bound, default):
+        if bound is None:
+            return default
+        value = np.float32(bound) / np.float32(tensor.scale) + np.float32(tensor.zero_point)
+        return int(np.clip(np.rint(value), -128, 127))
+
+    low, high = bounds[activation]
+    return quantize(low, -128), quantize(high, 127)
+
+
+def _xnnpack_binary(kind, a, b, out, x1, x2):
+    """Return XNNPACK's int8 ADD, SUB or MUL of int8 arrays x1, x2 before the clamp, or None.
+
+    ADD and SUB (XNNPACK's qs8 vadd with the second scale negated for SUB) rescale both
+    inputs with integer multipliers of 21 bits at most and one arithmetic right shift,
+    rounding halves up. The delegate takes them when both input-to-output scale ratios
+    are in [2**-10, 2**8). MUL multiplies the offset inputs in int32 and rescales in
+    float32 like `_FloatRequantizer`. The delegate takes it when
+    input1_scale * input2_scale / output_scale is in [2**-16, 2**8).
+    """
+    f32 = np.float32
+    if kind == "MUL":
+        scale = f32(f32(a.scale) * f32(b.scale)) / f32(out.scale)
+        if not 2.0 ** -16 <= scale < 256:
+            return None
+        product = (x1 - a.zero_point) * (x2 - b.zero_point)
+        return np.rint(product.astype(f32) * scale).astype(np.int64) + out.zero_point
+
+    a_ratio = f32(a.scale) / f32(out.scale)
+    b_ratio = f32(b.scale) / f32(out.scale)
+    if not (2.0 ** -10 <= a_ratio < 256 and 2.0 ** -10 <= b_ratio < 256):
+        return None
+    # The larger ratio gets a multiplier in [2**20, 2**21).
+    _, exponent = np.frexp(max(a_ratio, b_ratio))
+    shift = 21 - int(exponent)
+    a_multiplier = int(np.rint(a_ratio * f32(2.0 ** shift)))
+    b_multiplier = int(np.rint(b_ratio * f32(2.0 ** shift)))
+    if kind == "SUB":
+        b_multiplier = -b_multiplier
+    bias = (1 << (shift - 1)) - a_multiplier * a.zero_point - b_multiplier * b.zero_point
+    total = bias + x1 * a_multiplier + x2 * b_multiplier
+    return (total >> shift) + out.zero_point
+
+
 def _unsupported(op, what):
     return ModelError(f"operator {op.index} ({op.name}): {what} is not supported by the numpy backend")
 
@@ -378,10 +485,11 @@ def _pair_table(a, b, results):
 
 
 class _Context:
-    def __init__(self, tensors, op, inputs):
+    def __init__(self, tensors, op, inputs, kernels="xnnpack"):
         self.tensors = tensors
         self.op = op
         self.inputs = inputs
+        self.kernels = kernels
 
     def tin(self, i):
         index = self.op.inputs[i] if i < len(self.op.inputs) else -1
@@ -421,6 +529,22 @@ def _channel_multipliers(ctx, x, w, out, axis_size):
     output_scale = float(np.float32(out.scale))
     pairs = [quantize_multiplier(input_scale * float(s) / output_scale) for s in scales]
     return (np.array([p[0] for p in pairs], np.int64), np.array([p[1] for p in pairs], np.int64))
+
+
+def _requantizer(ctx, x, w, out, channels, activation, single=False):
+    """Return the requantizer of a CONV_2D, DEPTHWISE_CONV_2D or FULLY_CONNECTED layer.
+
+    With XNNPACK kernels, a layer whose per-channel scales XNNPACK accepts gets its float32
+    requantization; otherwise it keeps TFLite's fixed-point rescaling.
+    """
+    if ctx.kernels == "xnnpack":
+        scales = _xnnpack_channel_scales(ctx, x, w, out, channels)
+        if scales is not None:
+            return _FloatRequantizer(scales, out.zero_point,
+                                     *_xnnpack_activation_range(activation, out, ctx.op))
+    multipliers, shifts = _channel_multipliers(ctx, x, w, out, channels)
+    return _Requantizer(multipliers, shifts, out.zero_point,
+                        *_activation_range(activation, out, ctx.op), single=single)
 
 
 class _MatMul:
@@ -505,9 +629,7 @@ def _prepare_conv_2d(ctx):
         raise ctx.fail(f"grouped convolution ({c} input channels, filter depth {ic})")
     oh, top, bottom = _conv_padding(padding, h, kh, stride_h, dilation_h)
     ow, left, right = _conv_padding(padding, wd, kw, stride_w, dilation_w)
-    multipliers, shifts = _channel_multipliers(ctx, x, w, out, oc)
-    requantize = _Requantizer(multipliers, shifts, out.zero_point,
-                              *_activation_range(activation, out, ctx.op))
+    requantize = _requantizer(ctx, x, w, out, oc, activation)
     matmul = _MatMul(weights.reshape(oc, -1).T, x.zero_point)
     bias = None if b is None else ctx.inputs[2].astype(np.int64)
     pads = ((top, bottom), (left, right))
@@ -555,9 +677,7 @@ def _prepare_depthwise_conv_2d(ctx):
     depth_multiplier = oc // c
     oh, top, bottom = _conv_padding(padding, h, kh, stride_h, dilation_h)
     ow, left, right = _conv_padding(padding, wd, kw, stride_w, dilation_w)
-    multipliers, shifts = _channel_multipliers(ctx, x, w, out, oc)
-    requantize = _Requantizer(multipliers, shifts, out.zero_point,
-                              *_activation_range(activation, out, ctx.op))
+    requantize = _requantizer(ctx, x, w, out, oc, activation)
     kernel = weights.reshape(kh, kw, oc).astype(np.int64)
     bias = None if b is None else ctx.inputs[2].astype(np.int64)
     pads = ((top, bottom), (left, right))
@@ -586,9 +706,7 @@ def _prepare_fully_connected(ctx):
         raise ctx.fail("a shuffled weights format")
     keep_dims = bool(ctx.op.option(2, _U8, 0))
     units, depth = weights.shape
-    multipliers, shifts = _channel_multipliers(ctx, x, w, out, units)
-    requantize = _Requantizer(multipliers, shifts, out.zero_point,
-                              *_activation_range(activation, out, ctx.op), single=True)
+    requantize = _requantizer(ctx, x, w, out, units, activation, single=True)
     matmul = _MatMul(weights.T, x.zero_point)
     bias = None if b is None else ctx.inputs[2].astype(np.int64)
 
@@ -702,8 +820,13 @@ def _prepare_average_pool_2d(ctx):
 def _binary_quantized_table(ctx, a, b, out, kind):
     """Return the 65536-entry table of int8 ADD, SUB or MUL for these quantizations."""
     activation = ctx.op.option(0, _I8, _ACT_NONE)
-    low, high = _activation_range(activation, out, ctx.op)
     x1, x2 = _pair_grid()
+    if ctx.kernels == "xnnpack":
+        result = _xnnpack_binary(kind, a, b, out, x1, x2)
+        if result is not None:
+            low, high = _xnnpack_activation_range(activation, out, ctx.op)
+            return _pair_table(x1, x2, np.clip(result, low, high))
+    low, high = _activation_range(activation, out, ctx.op)
     if kind == "MUL":
         # real multiplier = s1 * s2 / s_out, computed in float32 as TFLite's Prepare does.
         real = float(np.float32(np.float32(a.scale) * np.float32(b.scale)) / np.float32(out.scale))
@@ -902,12 +1025,47 @@ def _one_over_one_plus_x(a):
 
 
 def _prepare_softmax(ctx):
-    """TFLite's reference int8 softmax (reference_ops::Softmax in gemmlowp fixed point)."""
     x, out = ctx.tin(0), ctx.tout()
     ctx.require_int8(x, out)
     if out.zero_point != -128 or abs(out.scale - 1 / 256) > 0.001 / 256:
         raise ctx.fail(f"int8 output quantization (scale {out.scale}, zero point "
                        f"{out.zero_point}; 1/256 and -128 expected)")
+    if ctx.kernels == "xnnpack":
+        return _prepare_softmax_float_table(ctx, x, out)
+    return _prepare_softmax_fixed_point(ctx, x, out)
+
+
+def _prepare_softmax_float_table(ctx, x, out):
+    """TFLite's optimized int8 softmax on x86-64 (optimized_ops::Softmax with a float table).
+
+    The XNNPACK delegate does not take int8 SOFTMAX, so ai-edge-litert's default interpreter
+    runs this kernel: exp(-input_scale * beta * d) for each difference d = max - x in a
+    float32 table, a float32 sum in element order, probabilities scaled by
+    1 / (sum * output_scale) and rounded half away from zero.
+    """
+    f32 = np.float32
+    beta = f32(ctx.op.option(0, _F32, 0.0))
+    exponent_scale = f32(-f32(x.scale) * beta)
+    differences = np.arange(256, dtype=np.float32)
+    # NOTE: TFLite calls the C library's expf. This rounds the double-precision exp to
+    # float32, which can differ from expf by one unit in the last place in rare cases.
+    table = np.exp((exponent_scale * differences).astype(np.float64)).astype(f32)
+    output_scale = f32(out.scale)
+
+    def run(inputs):
+        value = inputs[0].astype(np.int64)
+        exps = table[value.max(axis=-1, keepdims=True) - value]
+        # cumsum adds in element order, as the C loop does; np.sum would add pairwise.
+        total = np.cumsum(exps, axis=-1, dtype=f32)[..., -1:]
+        inverse = f32(1.0) / (total * output_scale)
+        result = _round_half_away(exps * inverse).astype(np.int64) + out.zero_point
+        return [np.clip(result, -128, 127).astype(np.int8)]
+
+    return run
+
+
+def _prepare_softmax_fixed_point(ctx, x, out):
+    """TFLite's reference int8 softmax (reference_ops::Softmax in gemmlowp fixed point)."""
     beta = float(np.float32(ctx.op.option(0, _F32, 0.0)))
     scaled_diff_integer_bits = 5
     real = min(beta * float(np.float32(x.scale)) * (1 << (31 - scaled_diff_integer_bits)),
@@ -1247,6 +1405,8 @@ class Interpreter:
         model_content: the model's bytes.
         num_threads: accepted for API compatibility. numpy's BLAS decides its own threads.
         experimental_preserve_all_tensors: keep every intermediate tensor for `get_tensor`.
+        kernels: "xnnpack" (the default) for the arithmetic of ai-edge-litert's default
+            interpreter, or "reference" for TFLite's reference kernels.
 
     Raises:
         ModelError: the model is not a TFLite model, or contains an operator, tensor type
@@ -1254,7 +1414,10 @@ class Interpreter:
     """
 
     def __init__(self, model_path=None, model_content=None, num_threads=None,
-                 experimental_preserve_all_tensors=False, **_ignored):
+                 experimental_preserve_all_tensors=False, kernels="xnnpack", **_ignored):
+        if kernels not in KERNELS:
+            raise ValueError(f"unknown kernels {kernels!r}; expected one of {', '.join(KERNELS)}")
+        self.kernels = kernels
         if model_content is None:
             if model_path is None:
                 raise ValueError("give model_path or model_content")
@@ -1351,7 +1514,7 @@ class Interpreter:
                 if i >= 0 and v is None:
                     raise ModelError(f"operator {op.index} ({op.name}) reads tensor {i}, "
                                      "which no earlier operator writes")
-            ctx = _Context(tensors, op, inputs)
+            ctx = _Context(tensors, op, inputs, self.kernels)
             try:
                 run = _KERNELS[op.name](ctx)
                 outputs = run(inputs)
