@@ -22,7 +22,7 @@ from .errors import ConfigError, EdgeEtcError
 
 # Interpreter backends `edge_etc.infer.find_interpreter` accepts (kept equal to
 # edge_etc.infer.BACKENDS by a test, because infer.py imports numpy and this module must not).
-BACKENDS = ("auto", "litert", "tflite-runtime", "numpy")
+BACKENDS = ("auto", "litert", "tflite-runtime", "numpy", "numpy-reference")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 # Facility names accepted by logging.handlers.SysLogHandler.
 SYSLOG_FACILITIES = ("auth", "authpriv", "cron", "daemon", "ftp", "kern", "lpr", "mail",
@@ -188,7 +188,9 @@ class ModelConfig(_Section):
         "--model", "model_path", metavar="FILE")
     backend: str = _setting(
         "auto", "Interpreter: 'auto' tries ai-edge-litert, then tflite-runtime, then the "
-        "slower built-in numpy backend.", "--backend", "backend", choices=BACKENDS)
+        "slower built-in numpy backend, which computes what ai-edge-litert's default "
+        "(XNNPACK) interpreter computes. 'numpy-reference' runs the numpy backend with "
+        "TFLite's reference kernels instead.", "--backend", "backend", choices=BACKENDS)
     batch_size: int = _setting(
         64, "Windows per interpreter call.", "--batch-size", "batch_size", unit="windows",
         minimum=1, maximum=4096)

@@ -7,7 +7,9 @@ Backends, tried in this order unless one is asked for:
   error that says so.
 - `numpy` (`edge_etc.numpy_backend`), an int8 interpreter of edge-etc's own for machines
   where no TFLite wheel installs (OpenWrt on musl, MIPS, 32-bit ARM). With "auto" it is the
-  last resort, and the start-up log says so.
+  last resort, and the start-up log says so. It computes what ai-edge-litert's default
+  interpreter computes (XNNPACK's arithmetic); `numpy-reference` runs it with TFLite's
+  reference kernels instead.
 
 Quantization: model inputs are the packet bytes scaled to [0, 1] (byte / 255). The runner
 quantizes them with the model's own input scale and zero point,
@@ -16,6 +18,7 @@ table, and dequantizes outputs as (q - zero_point) * scale after widening to int
 """
 
 import contextlib
+import functools
 import importlib.metadata
 import logging
 import os
@@ -28,7 +31,13 @@ from .errors import InterpreterError, ModelError
 
 log = logging.getLogger(__name__)
 
-BACKENDS = ("auto", "litert", "tflite-runtime", "numpy")
+BACKENDS = ("auto", "litert", "tflite-runtime", "numpy", "numpy-reference")
+
+# Start-up log description of each kernel family of the numpy backend.
+_NUMPY_KERNELS = {
+    "xnnpack": "XNNPACK's integer arithmetic, as ai-edge-litert's default interpreter runs it",
+    "reference": "TFLite's reference kernels, as ai-edge-litert runs them with OpResolverType.BUILTIN_REF",
+}
 
 
 def _import_backend(name):
@@ -38,9 +47,11 @@ def _import_backend(name):
     if name == "tflite-runtime":
         from tflite_runtime.interpreter import Interpreter
         return Interpreter, "tflite-runtime", importlib.metadata.version("tflite-runtime")
-    if name == "numpy":
+    if name in ("numpy", "numpy-reference"):
         from . import __version__
         from .numpy_backend import Interpreter
+        if name == "numpy-reference":
+            return functools.partial(Interpreter, kernels="reference"), "edge-etc numpy", __version__
         return Interpreter, "edge-etc numpy", __version__
     raise InterpreterError(f"unknown interpreter backend {name!r}; expected one of {', '.join(BACKENDS)}")
 
@@ -66,7 +77,8 @@ def find_interpreter(backend="auto"):
                     "which is slower; install ai-edge-litert where a wheel exists",
                     "; ".join(errors))
         return _import_backend("numpy")
-    package = {"tflite-runtime": "tflite-runtime", "numpy": "numpy"}.get(backend, "ai-edge-litert")
+    package = {"tflite-runtime": "tflite-runtime", "numpy": "numpy",
+               "numpy-reference": "numpy"}.get(backend, "ai-edge-litert")
     raise InterpreterError("no TFLite interpreter could be imported (" + "; ".join(errors) +
                            f"); install one with: pip install {package}")
 
@@ -123,8 +135,9 @@ class Classifier:
     Args:
         model: a `ModelInfo`.
         batch_size: windows per interpreter call; shorter batches are padded.
-        backend: "auto", "litert", "tflite-runtime" or "numpy". With "auto", an interpreter
-            that imports but cannot be created hands over to the numpy backend.
+        backend: "auto", "litert", "tflite-runtime", "numpy" or "numpy-reference". With
+            "auto", an interpreter that imports but cannot be created hands over to the
+            numpy backend.
         num_threads: interpreter threads.
 
     Raises:
@@ -179,6 +192,9 @@ class Classifier:
         log.info("interpreter: %s %s; model %s: input int8 %s scale=%.6g zero_point=%d, "
                  "%d classes, batch %d", self.backend_name, self.backend_version, model.path,
                  self.window_shape, in_scale, in_zero, len(model.labels), batch_size)
+        kernels = getattr(self.interpreter, "kernels", None)
+        if kernels in _NUMPY_KERNELS:
+            log.info("numpy backend kernels: %s (%s)", kernels, _NUMPY_KERNELS[kernels])
 
     def _create(self, backend, num_threads):
         Interpreter, self.backend_name, self.backend_version = find_interpreter(backend)
