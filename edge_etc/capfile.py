@@ -25,6 +25,7 @@ import struct
 import sys
 import zlib
 
+from . import fastpath
 from .errors import CaptureFileError
 
 log = logging.getLogger(__name__)
@@ -159,11 +160,23 @@ class CaptureFile:
         unpack_from = rec.unpack_from
         linktype = self._linktype
         tick = self._tick
+        native = fastpath.native
         base = self._offset  # file offset of buf[0]
         buf = b""
         pos = 0
         eof = False
+        little_endian = self._endian == "<"
         while True:
+            if native is not None and len(buf) - pos >= 16:
+                # The compiled slicer yields the complete records in the buffer and stops
+                # at the first that needs a refill or is implausible; the code below takes
+                # that one.
+                slicer = native.PcapSlicer(buf, pos, little_endian, tick, linktype, MAX_RECORD_BYTES)
+                try:
+                    yield from slicer
+                finally:
+                    self.records += slicer.count
+                pos = slicer.pos
             if len(buf) - pos < 16 and not eof:
                 buf, pos, base, eof = self._refill(buf, pos, base, 16)
                 if buf is None:
@@ -358,11 +371,15 @@ class CaptureFile:
         log.warning("%s", self.stopped)
 
     def __iter__(self):
+        # The pcap reader guards each of its reads itself. Returning its generator, not
+        # delegating to it, saves a generator frame per record.
+        if self.format == "pcap":
+            return self._iter_pcap()
+        return self._iter_pcapng_guarded()
+
+    def _iter_pcapng_guarded(self):
         try:
-            if self.format == "pcap":
-                yield from self._iter_pcap()
-            else:
-                yield from self._iter_pcapng()
+            yield from self._iter_pcapng()
         except _STREAM_ERRORS as e:
             # A stream error outside the guarded reads (a section header block).
             self.stopped = (f"{self.path}: reading the {self.compression or 'file'} stream failed "

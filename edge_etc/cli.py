@@ -156,6 +156,7 @@ def run(ctx, config_file, pcap_file, strict, verbose, quiet, **options):
 
 
 def _run(pcap_file, iface, settings, strict):
+    from . import fastpath
     from .capfile import CaptureFile
     from .decode import SUPPORTED_LINKTYPES
     from .errors import CaptureFileError
@@ -193,6 +194,7 @@ def _run(pcap_file, iface, settings, strict):
     log.info("model %s: labels %s; vectors of %d bytes, windows of %d %s packets",
              model.path, ",".join(model.labels), pre.vector_bytes, pre.window_packets,
              "payload-carrying" if pre.window_rule == "payload" else "")
+    log.info("packet path: %s", fastpath.describe())
     classifier = Classifier(model, batch_size=settings.model.batch_size,
                             backend=settings.model.backend)
     # 14 bytes: the smallest common link header (Ethernet) before the IP header.

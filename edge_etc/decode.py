@@ -20,6 +20,7 @@ non-first fragment never becomes a flow of its own.
 
 import struct
 
+from . import fastpath
 from .errors import PacketError
 
 _U16 = struct.Struct("!H")
@@ -81,6 +82,15 @@ class Packet:
         self.payload_len = payload_len
         self.tcp_flags = tcp_flags
         self.truncated = truncated
+
+
+# With the compiled fast path, every packet is its C type of the same fields, whichever
+# path decoded it, so the vectorizer can read it without attribute lookups.
+PythonPacket = Packet
+_native_decode = None
+if fastpath.native is not None:
+    Packet = fastpath.native.Packet  # noqa: F811
+    _native_decode = fastpath.native.decode
 
 
 def _skip(reason):
@@ -248,6 +258,11 @@ class Decoder:
         Raises:
             PacketError: a frame to skip; `reason` names why.
         """
+        if _native_decode is not None:
+            # The compiled decoder takes the common layouts and returns None for the rest.
+            pkt = _native_decode(ts, linktype, frame, wire_len)
+            if pkt is not None:
+                return pkt
         off = ip_offset(linktype, frame)
         ip = frame[off:] if off else frame
         if type(ip) is not bytes:

@@ -57,6 +57,7 @@ import functools
 import json
 import math
 
+from . import fastpath
 from .errors import ConfigError
 
 SETTINGS_FORMAT = "edge-etc-preprocessing"
@@ -183,6 +184,8 @@ def vectorize(pkt, server_is_dst, settings, gap_s=0.0, port_block=True):
     Returns:
         `settings.vector_bytes` bytes, less `settings.port_buckets` without the port block.
     """
+    if fastpath.native is not None and type(pkt) is fastpath.native.Packet:
+        return fastpath.native.vectorize(pkt, server_is_dst, settings, gap_s, port_block)
     size = settings.header_bytes
     ip = pkt.ip
     l4 = pkt.l4_offset

@@ -1,0 +1,270 @@
+"""The compiled fast path (edge_etc/_fastpath.c) against the pure-Python code.
+
+Both paths must give the same packets, vectors and output records byte for byte. The
+whole-run checks run the same driver (this file's `main`) twice in subprocesses, once with
+EDGE_ETC_PURE_PYTHON=1, over the hard inputs in tests/data/cases, the captures that
+tests/data/own/make_own.py builds, and the real corpus when present.
+"""
+
+import glob
+import hashlib
+import json
+import os
+import random
+import subprocess
+import sys
+
+import pytest
+from hypothesis import given, settings as hypothesis_settings, strategies as st
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "tests"))
+sys.path.insert(0, os.path.join(ROOT, "tests", "data", "own"))
+
+from edge_etc import decode, fastpath  # noqa: E402
+from edge_etc.capfile import CaptureFile  # noqa: E402
+from edge_etc.errors import CaptureFileError, PacketError  # noqa: E402
+from edge_etc.preprocess import Preprocessing, vectorize  # noqa: E402
+
+CASES = os.path.join(ROOT, "tests", "data", "cases")
+CORPUS = os.environ.get("EDGE_ETC_CORPUS") or os.path.normpath(os.path.join(ROOT, "..", "shared", "corpus"))
+CAPTURE_SUFFIXES = (".pcap", ".pcapng", ".cap", ".gz", ".bz2", ".xz")
+FIELDS = ("ts", "version", "proto", "src", "dst", "sport", "dport", "ip", "l4_offset",
+          "l4_len", "payload_len", "tcp_flags", "truncated")
+# Settings that reach every branch of the vectorizer: context and port buckets, short
+# vectors that cut headers, every packet, and the ablation switches.
+VECTOR_SETTINGS = [
+    Preprocessing(),
+    Preprocessing(vector_bytes=48, context=False, port_buckets=0, window_rule="all"),
+    Preprocessing(vector_bytes=60, context=True, port_buckets=0, window_rule="all"),
+    Preprocessing(vector_bytes=128, server_port=False, mask_addresses=False,
+                  mask_capture_fields=False, context=True, port_buckets=0),
+    Preprocessing(vector_bytes=1500, context=True, port_buckets=16),
+]
+
+needs_extension = pytest.mark.skipif(
+    fastpath.native is None and fastpath.DISABLE_VARIABLE in os.environ,
+    reason=f"{fastpath.DISABLE_VARIABLE} is set")
+
+
+def capture_files(folder):
+    return sorted(p for p in glob.glob(os.path.join(folder, "**", "*"), recursive=True)
+                  if os.path.isfile(p) and p.endswith(CAPTURE_SUFFIXES))
+
+
+def records_of(paths):
+    for path in paths:
+        try:
+            with CaptureFile(path) as capture:
+                yield from capture
+        except CaptureFileError:
+            continue
+
+
+def python_decode(ts, linktype, frame, wire_len):
+    """Decode with the compiled decoder switched off."""
+    native_decode = decode._native_decode
+    decode._native_decode = None
+    try:
+        return decode.Decoder().decode(ts, linktype, frame, wire_len)
+    finally:
+        decode._native_decode = native_decode
+
+
+def as_python_packet(pkt):
+    return decode.PythonPacket(*(getattr(pkt, name) for name in FIELDS))
+
+
+def assert_same_decoding(record):
+    """Check that the compiled decoder, where it takes `record`, agrees with Python's."""
+    fast = fastpath.native.decode(*record)
+    if fast is None:
+        return False
+    try:
+        slow = python_decode(*record)
+    except PacketError as e:
+        pytest.fail(f"compiled decoder accepted a record Python rejects ({e}): {record!r}")
+    for name in FIELDS:
+        assert getattr(fast, name) == getattr(slow, name), name
+        assert type(getattr(fast, name)) is type(getattr(slow, name)), name
+    return True
+
+
+# --- the extension is there --------------------------------------------------------------
+
+@needs_extension
+def test_extension_built_and_selected():
+    assert fastpath.native is not None, (
+        f"edge_etc._fastpath did not import ({fastpath.reason}); rebuild it with "
+        "`pip install -e .` (needs gcc and the Python headers)")
+    assert decode.Packet is fastpath.native.Packet
+
+
+# --- packet by packet ---------------------------------------------------------------------
+
+@needs_extension
+def test_decode_matches_python_on_cases(tmp_path):
+    import make_own
+    make_own.write_all(str(tmp_path))
+    paths = capture_files(CASES) + capture_files(str(tmp_path))
+    taken = 0
+    total = 0
+    for record in records_of(paths):
+        total += 1
+        taken += assert_same_decoding(record)
+    assert total > 1000
+    # Most records are plain Ethernet TCP or UDP; if the fast path took none, it is broken.
+    assert taken > total // 2
+
+
+@needs_extension
+def test_vectorize_matches_python():
+    decoder = decode.Decoder()
+    packets = []
+    for record in records_of(capture_files(CASES)):
+        try:
+            pkt = decoder.decode(*record)
+        except PacketError:
+            continue
+        if pkt is not None:
+            packets.append(pkt)
+    assert len(packets) > 1000
+    rng = random.Random(7)
+    for settings in VECTOR_SETTINGS:
+        for pkt in packets:
+            server_is_dst = rng.random() < 0.5
+            gap_s = rng.choice((0.0, -1.0, 1e-7, 0.0015, 2.5, 1e9))
+            port_block = rng.random() < 0.8
+            fast = vectorize(pkt, server_is_dst, settings, gap_s, port_block)
+            slow = vectorize(as_python_packet(pkt), server_is_dst, settings, gap_s, port_block)
+            assert fast == slow, (settings, pkt.ip[:60].hex())
+
+
+def _plain_frames():
+    frames = []
+    for ts, linktype, frame, wire_len in records_of([os.path.join(CASES, n) for n in (
+            "eth_tls_2flows.pcap", "vlan_8021q_tls_2flows.pcap", "sll2_tls_2flows.pcap",
+            "udp443_quic_like.pcap", "ipv6_exthdrs_tls_2flows.pcap", "snaplen40_l4_cut.pcap")]):
+        frames.append((ts, linktype, frame[:200], wire_len))
+    return frames
+
+
+PLAIN_FRAMES = _plain_frames()
+
+
+@needs_extension
+@hypothesis_settings(max_examples=3000, deadline=None)
+@given(index=st.integers(min_value=0), edits=st.lists(
+    st.tuples(st.integers(min_value=0, max_value=199), st.integers(min_value=0, max_value=255)),
+    max_size=4), cut=st.integers(min_value=0, max_value=200),
+    wire=st.sampled_from(["record", "none", "short"]))
+def test_decode_matches_python_on_mutations(index, edits, cut, wire):
+    ts, linktype, frame, wire_len = PLAIN_FRAMES[index % len(PLAIN_FRAMES)]
+    data = bytearray(frame)
+    for at, value in edits:
+        if at < len(data):
+            data[at] = value
+    data = bytes(data[:cut])
+    wire_len = {"record": wire_len, "none": None, "short": len(data)}[wire]
+    record = (ts, linktype, data, wire_len)
+    if fastpath.native.decode(*record) is not None:
+        assert_same_decoding(record)
+
+
+# --- whole runs ---------------------------------------------------------------------------
+
+def run_driver(paths, pure, out_path):
+    env = dict(os.environ)
+    env[fastpath.DISABLE_VARIABLE] = "1" if pure else "0"
+    with open(out_path, "w") as listing:
+        listing.write("\n".join(paths))
+    result = subprocess.run([sys.executable, os.path.abspath(__file__), out_path], env=env,
+                            capture_output=True, text=True, timeout=1200)
+    assert result.returncode == 0, result.stderr[-3000:]
+    with open(out_path + ".out") as f:
+        return f.read().splitlines()
+
+
+def compare_runs(paths, tmp_path):
+    fast = run_driver(paths, False, str(tmp_path / "fast"))
+    slow = run_driver(paths, True, str(tmp_path / "pure"))
+    assert fast[0].startswith("# packet path: compiled"), fast[0]
+    assert slow[0].startswith("# packet path: pure Python"), slow[0]
+    assert len(fast) == len(slow)
+    current = None
+    for fast_line, slow_line in zip(fast[1:], slow[1:]):
+        if slow_line.startswith("# file "):
+            current = slow_line
+        assert fast_line == slow_line, f"first difference in {current}"
+    return slow
+
+
+@needs_extension
+def test_runs_identical_on_cases_and_own_inputs(tmp_path):
+    import make_own
+    own = tmp_path / "own"
+    own.mkdir()
+    make_own.write_all(str(own))
+    lines = compare_runs(capture_files(CASES) + capture_files(str(own)), tmp_path)
+    assert sum(1 for line in lines if line.startswith("{\"ts\"")) > 50
+
+
+@needs_extension
+@pytest.mark.corpus
+def test_runs_identical_on_corpus(tmp_path):
+    if not os.path.isdir(CORPUS):
+        pytest.skip(f"corpus not present at {CORPUS}")
+    paths = capture_files(CORPUS)
+    assert paths, f"no captures under {CORPUS}"
+    lines = compare_runs(paths, tmp_path)
+    assert sum(1 for line in lines if line.startswith("{\"ts\"")) > 1000
+
+
+# --- the driver, run in a subprocess --------------------------------------------------------
+
+def main(listing):
+    """Run the pipeline over every capture named in `listing` and write, per capture, its
+    records, a hash of its windows, its counters and the reader's stop message."""
+    from edge_etc.infer import Classifier
+    from edge_etc.model import default_model_path, load_model_info
+    from edge_etc.runner import Pipeline, run_file
+
+    class Control:
+        stop = False
+
+        def tick(self):
+            pass
+
+    class HashingPipeline(Pipeline):
+        def _on_window(self, flow, ts, window):
+            self.window_hash.update(window)
+            super()._on_window(flow, ts, window)
+
+    with open(listing) as f:
+        paths = f.read().splitlines()
+    model = load_model_info(default_model_path())
+    classifier = Classifier(model, batch_size=64)
+    with open(listing + ".out", "w") as out:
+        out.write(f"# packet path: {fastpath.describe()}\n")
+        for path in paths:
+            out.write(f"# file {os.path.relpath(path, ROOT)}\n")
+            try:
+                capture = CaptureFile(path)
+            except CaptureFileError as e:
+                out.write(f"# rejected: {e}\n")
+                continue
+            pipeline = HashingPipeline(classifier, lambda r: out.write(json.dumps(r) + "\n"))
+            pipeline.window_hash = hashlib.sha256()
+            with capture:
+                run_file(pipeline, capture, Control())
+            pipeline.finish()
+            out.write(f"# windows {pipeline.window_hash.hexdigest()}\n")
+            out.write(f"# summary {json.dumps(pipeline.summary())}\n")
+            out.write(f"# skipped {json.dumps(pipeline.stats.skipped, sort_keys=True)}\n")
+            out.write(f"# malformed {json.dumps(pipeline.stats.malformed, sort_keys=True)}\n")
+            out.write(f"# fragments {json.dumps(pipeline.decoder.reassembler.dropped, sort_keys=True)}\n")
+            out.write(f"# reader records={capture.records} stopped={capture.stopped}\n")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
