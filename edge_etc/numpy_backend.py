@@ -39,10 +39,14 @@ The two families differ by a quantization step in a small share of rescaled valu
 an LSTM amplifies that: on the corpus, 23% of the bundled model's outputs differ
 between them, by up to 17 steps.
 
-NOTE: with "xnnpack", LEAKY_RELU and int8 MEAN keep the reference arithmetic, but the
-XNNPACK delegate runs its own, so models with these operators differ from ai-edge-litert's
-default by a step in some outputs. tflite-runtime 2.14 does not apply XNNPACK to int8
-models and its kernels match neither family.
+With "xnnpack", LEAKY_RELU (8-bit multipliers) and int8 MEAN (float32 requantization)
+follow XNNPACK too. LOGISTIC and TANH tables were equal in both ai-edge-litert
+configurations for every input scale tried, so both families share them.
+
+NOTE: XNNPACK's operator coverage and the delegate's scale limits change between
+releases; the "xnnpack" family reproduces ai-edge-litert 2.3.0 on x86-64, and was not
+compared with other releases or with arm64 kernels. tflite-runtime 2.14 does not apply
+XNNPACK to int8 models and its kernels match neither family.
 
 Matrix products run in floating point (BLAS) where that is exact: every partial sum of
 int8 products is an integer, and it is exact while its magnitude stays below 2**24
@@ -930,12 +934,36 @@ def _relu_table(act_min, act_max):
 def _leaky_relu_table(ctx, x, out):
     alpha = np.float32(ctx.op.option(0, _F32, 0.0))
     values = np.arange(-128, 128, dtype=np.int64)
+    if ctx.kernels == "xnnpack":
+        table = _xnnpack_leaky_relu_table(x, out, alpha, values)
+        if table is not None:
+            return table
     in_scale, out_scale = np.float32(x.scale), np.float32(out.scale)
     m_alpha, s_alpha = quantize_multiplier(float(np.float32(np.float32(in_scale * alpha) / out_scale)))
     m_identity, s_identity = quantize_multiplier(float(np.float32(in_scale / out_scale)))
     centered = values - x.zero_point
     result = np.where(centered >= 0, rescale(centered, m_identity, s_identity),
                       rescale(centered, m_alpha, s_alpha)) + out.zero_point
+    return _byte_table(values, np.clip(result, -128, 127))
+
+
+def _xnnpack_leaky_relu_table(x, out, alpha, values):
+    """Return XNNPACK's qs8 LEAKY_RELU table, or None where XNNPACK rejects the scales.
+
+    Both slopes become multipliers of 8 fractional bits, rint(256 * scale) in float32,
+    and the product of the offset input is shifted right by 8 bits, rounding halves up.
+    """
+    positive_scale = np.float32(x.scale) / np.float32(out.scale)
+    negative_scale = positive_scale * alpha
+    if not (2.0 ** -8 <= positive_scale <= 2.0 ** 7
+            and 2.0 ** -8 <= abs(negative_scale)
+            and float.fromhex("-0x1.fffcp+6") <= negative_scale <= 2.0 ** 7):
+        return None
+    positive = int(np.rint(np.float32(256) * positive_scale))
+    negative = int(np.rint(np.float32(256) * negative_scale))
+    centered = values - x.zero_point
+    product = centered * np.where(centered >= 0, positive, negative)
+    result = ((product + 128) >> 8) + out.zero_point
     return _byte_table(values, np.clip(result, -128, 127))
 
 
@@ -1257,6 +1285,17 @@ def _prepare_mean(ctx):
     count = int(np.prod([ctx.inputs[0].shape[a] for a in axes], dtype=np.int64))
     if count == 0:
         raise ctx.fail("MEAN over an empty axis")
+    if ctx.kernels == "xnnpack":
+        # XNNPACK's qs8 mean: the zero-point-corrected sum, requantized in float32 with
+        # scale input_scale / (output_scale * count).
+        scale = np.float32(x.scale) / (np.float32(out.scale) * np.float32(count))
+        requantize = _FloatRequantizer(scale, out.zero_point, -128, 127)
+
+        def run_xnnpack(inputs):
+            total = inputs[0].astype(np.int64).sum(axis=axes, keepdims=keep_dims)
+            return [requantize(total - x.zero_point * count)]
+
+        return run_xnnpack
     multiplier, shift = quantize_multiplier(float(np.float32(x.scale)) / float(np.float32(out.scale)))
     # TFLite's reference MEAN (QuantizedMeanOrSum) for every axis set: fold 1 / count into
     # the multiplier, then rescale the zero-point-corrected sum.
