@@ -18,10 +18,17 @@ sender of the flow's first packet is the client. The client is reported
 as `src`. The server port is the one the vectors may keep.
 
 A TCP SYN without ACK on a 5-tuple whose flow has seen FIN or RST starts a new flow.
+
+Memory: the table holds tens of thousands of flows on a device with little RAM, so a flow
+is kept small. Its key is one bytes object that packs the protocol, both ports and both
+addresses (client and server are read back from it), the buffered vectors are one bytes
+object, and the key is the dict key itself, not a copy. About 350 bytes per flow without
+buffered vectors on CPython 3.11 (see benchmarks/RESULTS.md for the measured figures).
 """
 
 import collections
 import logging
+import struct
 
 from .decode import ACK, FIN, RST, SYN
 from .preprocess import port_block_of, vectorize
@@ -31,54 +38,90 @@ log = logging.getLogger(__name__)
 # A forward time stamp jump larger than this many idle timeouts is logged as a jump.
 _JUMP_LOG_FACTOR = 10
 
+# Head of a flow key: protocol, then the port of the lower endpoint, then the other port.
+# The two addresses follow, lower endpoint first (4 or 16 bytes each).
+_KEY_HEAD = struct.Struct("!BHH")
+_pack_key_head = _KEY_HEAD.pack
+_KEY_HEAD_BYTES = _KEY_HEAD.size
+
 
 class Flow:
     """State of one flow.
 
-    `recent` contains the vectors for the next window. It is None before the first usable
-    packet and after the last window. `prob_sum`, `label` and `confidence` belong to the
-    runner, which combines the model outputs of the flow's windows.
+    `key` is the flow's key in the table (see `flow_key`); `proto`, `client`,
+    `client_port`, `server` and `server_port` are read from it. `client_low` is True when
+    the client is the key's lower endpoint. `recent` contains the concatenated vectors for
+    the next window, without the port block. It is None before the first usable packet and
+    after the last window. `serial` numbers the flows of a table from 1 in creation order,
+    or is None when the table was made with `serials=False`. `decision` belongs to the
+    runner, which keeps there what it combines over the flow's windows.
     """
 
-    __slots__ = ("proto", "client", "client_port", "server", "server_port", "first_ts",
-                 "last_seen", "last_ts", "packets", "recent", "windows", "results",
-                 "prob_sum", "label", "confidence", "closing", "serial")
+    __slots__ = ("key", "client_low", "last_seen", "last_ts", "packets", "recent", "windows",
+                 "closing", "serial", "decision")
 
-    def __init__(self, pkt, serial):
-        self.proto = pkt.proto
-        self.first_ts = pkt.ts
-        self.last_seen = pkt.ts
-        self.last_ts = pkt.ts  # time stamp of the flow's latest packet, for the gap
+    def __init__(self, key, client_low, ts, serial):
+        self.key = key
+        self.client_low = client_low
+        self.last_seen = ts
+        self.last_ts = ts  # time stamp of the flow's latest packet, for the gap
         self.packets = 0
         self.recent = None
         self.windows = 0
-        self.results = 0
-        self.prob_sum = None
-        self.label = None
-        self.confidence = 0.0
         self.closing = False
         self.serial = serial
-        flags = pkt.tcp_flags
-        if pkt.proto == 6 and flags & SYN:
-            if flags & ACK:  # SYN+ACK: the sender is the server
-                self._orient(pkt.dst, pkt.dport, pkt.src, pkt.sport)
-            else:
-                self._orient(pkt.src, pkt.sport, pkt.dst, pkt.dport)
-        elif pkt.sport >= pkt.dport:  # equal ports (NTP, mDNS): the first sender is the client
-            self._orient(pkt.src, pkt.sport, pkt.dst, pkt.dport)
-        else:
-            self._orient(pkt.dst, pkt.dport, pkt.src, pkt.sport)
+        self.decision = None
 
-    def _orient(self, client, client_port, server, server_port):
-        self.client, self.client_port = client, client_port
-        self.server, self.server_port = server, server_port
+    @property
+    def proto(self):
+        return self.key[0]
+
+    def _endpoint(self, low):
+        """Return (address, port) of the key's lower endpoint, or of the other one."""
+        key = self.key
+        size = (len(key) - _KEY_HEAD_BYTES) // 2
+        if low:
+            return key[_KEY_HEAD_BYTES:_KEY_HEAD_BYTES + size], (key[1] << 8) | key[2]
+        return key[_KEY_HEAD_BYTES + size:], (key[3] << 8) | key[4]
+
+    @property
+    def client(self):
+        return self._endpoint(self.client_low)[0]
+
+    @property
+    def client_port(self):
+        return self._endpoint(self.client_low)[1]
+
+    @property
+    def server(self):
+        return self._endpoint(not self.client_low)[0]
+
+    @property
+    def server_port(self):
+        return self._endpoint(not self.client_low)[1]
 
 
 def flow_key(pkt):
-    """Return the canonical bidirectional key of `pkt`: the lower endpoint first."""
-    if (pkt.src, pkt.sport) <= (pkt.dst, pkt.dport):
-        return (pkt.proto, pkt.src, pkt.sport, pkt.dst, pkt.dport)
-    return (pkt.proto, pkt.dst, pkt.dport, pkt.src, pkt.sport)
+    """Return the canonical bidirectional key of `pkt`: the lower endpoint first.
+
+    The key is bytes: protocol (1 byte), the ports (2 bytes each, big-endian), then the
+    addresses, in the order of (address, port) pairs compared as bytes and int.
+    `FlowTable.add` builds the same key inline.
+    """
+    src = pkt.src
+    dst = pkt.dst
+    if src < dst or (src == dst and pkt.sport <= pkt.dport):
+        return _pack_key_head(pkt.proto, pkt.sport, pkt.dport) + src + dst
+    return _pack_key_head(pkt.proto, pkt.dport, pkt.sport) + dst + src
+
+
+def _client_is_sender(pkt):
+    """Return True when the first packet seen of a flow was sent by its client."""
+    flags = pkt.tcp_flags
+    if pkt.proto == 6 and flags & SYN:
+        return not flags & ACK  # a SYN+ACK is sent by the server
+    # Equal ports (NTP, mDNS): the first sender is the client.
+    return pkt.sport >= pkt.dport
 
 
 class FlowTable:
@@ -94,16 +137,20 @@ class FlowTable:
         max_flows: the table's capacity.
         idle_timeout_s: seconds of capture time without a packet before a flow expires.
         max_windows: windows made per flow; later packets are only counted.
+        serials: number the flows in `Flow.serial`. Without it, a flow is an int object
+            (32 bytes) smaller.
     """
 
     def __init__(self, settings, on_window, on_end=None, max_flows=65536, idle_timeout_s=120.0,
-                 max_windows=5):
+                 max_windows=5, serials=True):
         self.settings = settings
         self.on_window = on_window
         self.on_end = on_end
         self.max_flows = max_flows
         self.idle_timeout_s = idle_timeout_s
         self.max_windows = max_windows
+        self.serials = serials
+        # Keys ordered by last packet, oldest first: eviction and expiry take from the front.
         self.flows = collections.OrderedDict()
         self.now = None
         self.flows_created = 0
@@ -114,6 +161,11 @@ class FlowTable:
         self._next_expiry = None
         # Idle flows are looked for at most this often, in capture time.
         self._expiry_interval_s = min(1.0, idle_timeout_s / 2)
+        # Buffered vectors leave out the port block (the same for every packet of a flow),
+        # which is put back after each vector when a window is assembled.
+        self._vector_bytes = settings.vector_bytes - settings.port_buckets
+        self._window_bytes = settings.window_packets * self._vector_bytes
+        self._vector_starts = tuple(range(0, self._window_bytes, self._vector_bytes))
 
     def __len__(self):
         return len(self.flows)
@@ -138,60 +190,74 @@ class FlowTable:
         elif ts < now - 1.0:
             self.time_jumps_back += 1
 
-        key = flow_key(pkt)
+        # `flow_key`, inlined because it runs for every packet, and which side sent it.
+        src = pkt.src
+        dst = pkt.dst
+        sport = pkt.sport
+        dport = pkt.dport
+        if src < dst or (src == dst and sport <= dport):
+            key = _pack_key_head(pkt.proto, sport, dport) + src + dst
+            src_low = True
+        else:
+            key = _pack_key_head(pkt.proto, dport, sport) + dst + src
+            src_low = False
         flows = self.flows
         flow = flows.get(key)
+        flags = pkt.tcp_flags
         if flow is None:
-            flow = self._create(key, pkt)
+            flow = self._create(key, src_low, pkt)
+        elif flow.closing and flags & SYN and not flags & ACK:
+            # A new connection on a reused 5-tuple.
+            del flows[key]
+            self._end(flow, "reused")
+            flow = self._create(key, src_low, pkt)
         else:
-            flags = pkt.tcp_flags
-            if flow.closing and flags & SYN and not flags & ACK:
-                # A new connection on a reused 5-tuple.
-                del flows[key]
-                self._end(flow, "reused")
-                flow = self._create(key, pkt)
-            else:
-                flows.move_to_end(key)
+            flows.move_to_end(key)
         flow.packets += 1
         flow.last_seen = now
         gap_s = ts - flow.last_ts
         flow.last_ts = ts
-        if pkt.tcp_flags & (FIN | RST):
+        if flags & (FIN | RST):
             flow.closing = True
 
         settings = self.settings
         if flow.windows >= self.max_windows or not settings.takes(pkt):
             return
-        # The kept vectors leave out the port block, because it encodes the flow's server
-        # port and is the same for every packet. It is appended per window below.
-        vec = vectorize(pkt, pkt.dst == flow.server and pkt.dport == flow.server_port, settings,
-                        gap_s, port_block=False)
+        # The packet goes from client to server when its sender is the client's endpoint.
+        vec = vectorize(pkt, src_low == flow.client_low, settings, gap_s, port_block=False)
         recent = flow.recent
-        if recent is None:
-            recent = flow.recent = []
-        if len(recent) + 1 >= settings.window_packets:
-            recent.append(vec)
-            if settings.port_buckets:
-                block = port_block_of(flow.server_port, settings)
-                window = b"".join(v + block for v in recent)
-            else:
-                window = b"".join(recent)
-            del recent[0]
-            flow.windows += 1
-            if flow.windows >= self.max_windows:
-                flow.recent = None  # no more windows: free the vectors
-            self.on_window(flow, ts, window)
+        buffered = vec if recent is None else recent + vec
+        if len(buffered) < self._window_bytes:
+            flow.recent = buffered
+            return
+        flow.windows += 1
+        if flow.windows >= self.max_windows:
+            flow.recent = None  # no more windows: free the vectors
         else:
-            recent.append(vec)
+            flow.recent = buffered[self._vector_bytes:]
+        if settings.port_buckets:
+            size = self._vector_bytes
+            parts = [buffered[i:i + size] for i in self._vector_starts]
+            parts.append(b"")  # so the block also follows the last vector
+            window = port_block_of(flow.server_port, settings).join(parts)
+        else:
+            window = buffered
+        self.on_window(flow, ts, window)
 
-    def _create(self, key, pkt):
+    def _create(self, key, src_low, pkt):
         flows = self.flows
         if len(flows) >= self.max_flows:
             _, old = flows.popitem(last=False)
             self.evictions += 1
             self._end(old, "evicted")
         self.flows_created += 1
-        flow = flows[key] = Flow(pkt, self.flows_created)
+        if pkt.src == pkt.dst and pkt.sport == pkt.dport:
+            # Both endpoints are the same: every packet counts as client to server.
+            client_low = src_low
+        else:
+            client_low = src_low == _client_is_sender(pkt)
+        serial = self.flows_created if self.serials else None
+        flow = flows[key] = Flow(key, client_low, pkt.ts, serial)
         return flow
 
     def _end(self, flow, reason):

@@ -21,8 +21,7 @@ Records are JSON objects, one per line:
 import json
 import logging
 import socket
-
-import numpy as np
+import struct
 
 from .decode import Decoder
 from .errors import PacketError
@@ -59,6 +58,44 @@ class Stats:
         table[err.reason] = table.get(err.reason, 0) + 1
 
 
+class DecisionState:
+    """Packs a flow's classification state into one bytes object, `Flow.decision`.
+
+    The state is the number of windows combined, the label code and the sum of the class
+    probabilities over those windows. Each sum is kept in the narrowest of float16,
+    float32 and float64 that gives every sum of the flow back exactly, so the means and
+    labels are those of float64 sums. With a softmax output quantized to int8 (scale
+    1/256), every probability is a multiple of 1/256 and the sums of up to 8 windows fit
+    float16: 26 bytes for 10 classes, where float64 needs 86.
+    """
+
+    def __init__(self, classes):
+        self._classes = classes
+        self._head = struct.Struct("<IH")  # windows combined, label code
+        self._narrow = [struct.Struct(f"<{classes}e"), struct.Struct(f"<{classes}f")]
+        self._wide = struct.Struct(f"<{classes}d")
+        self._by_width = {layout.size // classes: layout for layout in (*self._narrow, self._wide)}
+
+    def pack(self, results, code, sums):
+        sums = tuple(sums)
+        head = self._head.pack(results, code)
+        for layout in self._narrow:
+            try:
+                packed = layout.pack(*sums)
+            except OverflowError:  # a sum beyond float16's range
+                continue
+            if layout.unpack(packed) == sums:
+                return head + packed
+        return head + self._wide.pack(*sums)
+
+    def unpack(self, state):
+        """Return (windows combined, label code, sums)."""
+        head = self._head
+        results, code = head.unpack_from(state)
+        layout = self._by_width[(len(state) - head.size) // self._classes]
+        return results, code, layout.unpack_from(state, head.size)
+
+
 class Pipeline:
     """Decoder, flow table and classifier, fed one record at a time.
 
@@ -79,9 +116,12 @@ class Pipeline:
         self.decoder = Decoder()
         self.table = FlowTable(classifier.model.preprocessing, self._on_window, self._on_end,
                                max_flows=max_flows, idle_timeout_s=idle_timeout_s,
-                               max_windows=max_windows)
+                               max_windows=max_windows, serials=False)
         self.batch_size = batch_size
         self.pending = []  # (flow, ts, packets, window)
+        self._decisions = DecisionState(len(self.labels))
+        # Label codes in `Flow.decision`: a class index, or the last one for "unknown".
+        self._label_names = list(self.labels) + [UNKNOWN_LABEL]
         self._bug_logged = False
 
     def process(self, ts, linktype, frame, wire_len):
@@ -119,26 +159,35 @@ class Pipeline:
         if not self.pending:
             return
         pending, self.pending = self.pending, []
-        probs = self.classifier.predict([p[3] for p in pending])
-        for (flow, ts, packets, _), p in zip(pending, probs):
-            flow.results += 1
-            if flow.prob_sum is None:
-                flow.prob_sum = p.astype(np.float64)
+        # Python floats from the float32 probabilities are exact, and Python's float
+        # arithmetic is numpy's float64 arithmetic, so sums and means match a float64 array.
+        rows = self.classifier.predict([p[3] for p in pending]).tolist()
+        max_windows = self.table.max_windows
+        decisions = self._decisions
+        names = self._label_names
+        unknown_code = len(names) - 1
+        classes = range(unknown_code)
+        for (flow, ts, packets, _), sums in zip(pending, rows):
+            if flow.decision is None:
+                results, previous = 1, None
             else:
-                flow.prob_sum += p
-            mean = flow.prob_sum / flow.results
-            best = int(np.argmax(mean))
-            confidence = float(mean[best])
-            label = self.labels[best] if confidence >= self.threshold else UNKNOWN_LABEL
-            if label == flow.label:
-                flow.confidence = confidence
+                results, code, before = decisions.unpack(flow.decision)
+                results += 1
+                previous = names[code]
+                sums = [total + p for total, p in zip(before, sums)]
+            mean = [total / results for total in sums]
+            best = max(classes, key=mean.__getitem__)  # the first of equal maxima, as np.argmax
+            confidence = mean[best]
+            code = best if confidence >= self.threshold else unknown_code
+            # After the flow's last window nothing is combined any more: free the state.
+            flow.decision = decisions.pack(results, code, sums) if results < max_windows else None
+            label = names[code]
+            if label == previous:
                 continue
-            if flow.label is None:
+            if previous is None:
                 self.stats.classified += 1
             else:
                 self.stats.relabelled += 1
-            flow.label = label
-            flow.confidence = confidence
             self.write({
                 "ts": round(ts, 6),
                 "proto": _PROTO[flow.proto],
@@ -149,7 +198,7 @@ class Pipeline:
                 "label": label,
                 "confidence": round(confidence, 4),
                 "packets": packets,
-                "windows": flow.results,
+                "windows": results,
             })
 
     def finish(self):

@@ -4,12 +4,14 @@ import json
 import os
 import sys
 
-from hypothesis import given, settings, strategies as st
+import pytest
+from hypothesis import assume, given, settings, strategies as st
 
 from conftest import ROOT, Scan, case, run_cli
 from edge_etc.decode import Packet
 from edge_etc.flows import FlowTable, flow_key
-from edge_etc.preprocess import Preprocessing
+from edge_etc.preprocess import Preprocessing, vectorize
+from edge_etc.runner import DecisionState
 
 sys.path.insert(0, os.path.join(ROOT, "tests", "data"))
 import make_syn_flood  # noqa: E402
@@ -124,3 +126,100 @@ def test_syn_flood_capped_and_tls_flows_classified(tmp_path):
     assert int(fields["evictions"]) >= 190_000
     records = [json.loads(line) for line in r.stdout.splitlines()]
     assert {(x["src_ip"], x["src_port"]) for x in records} == {("192.0.2.10", 51000), ("192.0.2.11", 51001)}
+
+
+def test_window_is_vectors_with_port_block():
+    windows = []
+    table = FlowTable(PRE, lambda f, ts, w: windows.append(w), max_windows=2)
+    packets = [packet(i, A, 50001, B, 443, payload=100 + i) if i % 2 == 0
+               else packet(i, B, 443, A, 50001, payload=100 + i) for i in range(4)]
+    for pkt in packets:
+        table.add(pkt)
+    expected = []
+    for i, pkt in enumerate(packets):
+        gap = 1.0 if i else 0.0
+        expected.append(vectorize(pkt, pkt.dport == 443, PRE, gap))
+    assert len(expected[0]) == PRE.vector_bytes
+    assert windows == [b"".join(expected[0:3]), b"".join(expected[1:4])]
+
+
+def test_window_without_port_buckets():
+    pre = Preprocessing(port_buckets=0)
+    windows = []
+    table = FlowTable(pre, lambda f, ts, w: windows.append(w))
+    packets = [packet(i, A, 50001, B, 443, payload=100 + i) for i in range(3)]
+    for pkt in packets:
+        table.add(pkt)
+    expected = [vectorize(pkt, True, pre, 1.0 if i else 0.0) for i, pkt in enumerate(packets)]
+    assert windows == [b"".join(expected)]
+
+
+def test_one_packet_windows():
+    pre = Preprocessing(window_packets=1)
+    windows = []
+    table = FlowTable(pre, lambda f, ts, w: windows.append(w), max_windows=3)
+    for i in range(5):
+        table.add(packet(i, A, 50001, B, 443))
+    assert len(windows) == 3
+    assert all(len(w) == pre.vector_bytes for w in windows)
+
+
+@given(addresses, ports, addresses, ports, st.sampled_from([6, 17]))
+def test_endpoints_read_back_from_key(src, sport, dst, dport, proto):
+    assume(len(src) == len(dst))  # one IP version per packet
+    table = FlowTable(PRE, lambda *a: None)
+    table.add(packet(0.0, src, sport, dst, dport, proto=proto))
+    (flow,) = table.flows.values()
+    assert flow.proto == proto
+    assert {(flow.client, flow.client_port), (flow.server, flow.server_port)} == {(src, sport), (dst, dport)}
+    if sport != dport:
+        assert flow.server_port == min(sport, dport)
+
+
+def test_ipv6_flow_oriented_by_syn():
+    c, s = bytes(15) + b"\x01", bytes(15) + b"\x02"
+    table = FlowTable(PRE, lambda *a: None)
+    table.add(packet(0, s, 40000, c, 50001, flags=SYN, payload=0))  # the SYN's sender is the client
+    (flow,) = table.flows.values()
+    assert (flow.client, flow.client_port) == (s, 40000)
+    assert (flow.server, flow.server_port) == (c, 50001)
+
+
+def test_same_endpoint_both_ways_client_to_server():
+    directions = []
+    table = FlowTable(PRE, lambda f, ts, w: directions.append(w[PRE.header_bytes]))
+    for i in range(3):
+        table.add(packet(i, A, 5353, A, 5353, flags=SYN | ACK if i == 0 else ACK))
+    assert directions == [0]  # direction byte of the window's first vector: client to server
+
+
+def test_serials_number_flows_or_stay_none():
+    numbered = FlowTable(PRE, lambda *a: None)
+    plain = FlowTable(PRE, lambda *a: None, serials=False)
+    for table in (numbered, plain):
+        table.add(packet(0, A, 50001, B, 443))
+        table.add(packet(1, A, 50002, B, 443))
+    assert [f.serial for f in numbered.flows.values()] == [1, 2]
+    assert [f.serial for f in plain.flows.values()] == [None, None]
+
+
+def test_flow_reuses_dict_key():
+    table = FlowTable(PRE, lambda *a: None, max_windows=1)
+    for i in range(4):
+        table.add(packet(1000.5 + i, A, 50001, B, 443))
+    (flow,) = table.flows.values()
+    assert flow.recent is None
+    assert flow.key is next(iter(table.flows))  # the dict key itself, not a copy
+    assert len(flow.key) == 5 + 4 + 4
+
+
+@pytest.mark.parametrize("sums, width", [
+    ([0.5, 0.25, 0.0, 1.0], 2),  # multiples of 1/256: float16
+    ([1 / 3, 0.0, 0.0, 0.0], 8),  # no narrower float gives 1/3 back: float64
+    ([70000.0, 0.0, 0.0, 0.0], 4),  # beyond float16's range
+])
+def test_decision_state_round_trip(sums, width):
+    state = DecisionState(4)
+    packed = state.pack(3, 2, sums)
+    assert len(packed) == 6 + 4 * width
+    assert state.unpack(packed) == (3, 2, tuple(sums))
