@@ -9,12 +9,13 @@ Two kernel families (`Interpreter(kernels=...)`), each checked bit for bit again
 ai-edge-litert 2.3 on x86-64 by tests/test_numpy_backend.py:
 
 - "xnnpack" (the default) computes what ai-edge-litert's default interpreter computes.
-  That interpreter hands CONV_2D, DEPTHWISE_CONV_2D, FULLY_CONNECTED, ADD, SUB and MUL to
-  the XNNPACK delegate, which requantizes in float32: float32(acc) * scale, with scale =
-  input_scale * weight_scale / output_scale in float32, rounded to nearest even. ADD and
-  SUB use XNNPACK's 21-bit integer multipliers and one rounding shift. Int8 SOFTMAX stays
-  with TFLite's optimized kernel, which works with a float32 exp table. Operators XNNPACK
-  leaves alone, or rejects for their scales, use the reference arithmetic below.
+  That interpreter hands the arithmetic operators CONV_2D, DEPTHWISE_CONV_2D,
+  FULLY_CONNECTED, ADD, SUB, MUL, LEAKY_RELU and MEAN to the XNNPACK delegate. It
+  requantizes in float32: float32(acc) * scale, with scale = input_scale * weight_scale /
+  output_scale in float32, rounded to nearest even. ADD and SUB use XNNPACK's 21-bit
+  integer multipliers and one rounding shift. Int8 SOFTMAX stays with TFLite's optimized
+  kernel, which works with a float32 exp table. Operators XNNPACK leaves alone, or rejects
+  for their scales, use the reference arithmetic below.
 - "reference" follows TFLite's reference integer kernels, which ai-edge-litert runs with
   OpResolverType.BUILTIN_REF.
 
@@ -44,9 +45,9 @@ follow XNNPACK too. LOGISTIC and TANH tables were equal in both ai-edge-litert
 configurations for every input scale tried, so both families share them.
 
 NOTE: XNNPACK's operator coverage and the delegate's scale limits change between
-releases; the "xnnpack" family reproduces ai-edge-litert 2.3.0 on x86-64, and was not
-compared with other releases or with arm64 kernels. tflite-runtime 2.14 does not apply
-XNNPACK to int8 models and its kernels match neither family.
+releases. The "xnnpack" family reproduces ai-edge-litert 2.3.0 on x86-64 and was not
+compared with other releases. tflite-runtime 2.14 does not apply XNNPACK to int8 models,
+and its kernels match neither family.
 
 Matrix products run in floating point (BLAS) where that is exact: every partial sum of
 int8 products is an integer, and it is exact while its magnitude stays below 2**24
@@ -1094,6 +1095,8 @@ def _prepare_softmax_float_table(ctx, x, out):
     differences = np.arange(256, dtype=np.float32)
     # NOTE: TFLite calls the C library's expf. This rounds the double-precision exp to
     # float32, which can differ from expf by one unit in the last place in rare cases.
+    # On aarch64, TFLite's optimized kernel uses a 16-bit integer exp table instead, and
+    # litert 2.3 there differed from this kernel by one step on 1% of corpus windows.
     table = np.exp((exponent_scale * differences).astype(np.float64)).astype(f32)
     output_scale = f32(out.scale)
 
@@ -1286,14 +1289,17 @@ def _prepare_mean(ctx):
     if count == 0:
         raise ctx.fail("MEAN over an empty axis")
     if ctx.kernels == "xnnpack":
-        # XNNPACK's qs8 mean: the zero-point-corrected sum, requantized in float32 with
-        # scale input_scale / (output_scale * count).
+        # XNNPACK's qs8 mean: the zero-point-corrected sum times input_scale /
+        # (output_scale * count), plus the output zero point, all in float32, then rounded
+        # to nearest even. Unlike `_FloatRequantizer`, the zero point is added before
+        # rounding, which matters for ties with an odd zero point.
         scale = np.float32(x.scale) / (np.float32(out.scale) * np.float32(count))
-        requantize = _FloatRequantizer(scale, out.zero_point, -128, 127)
+        zero_point = np.float32(out.zero_point)
 
         def run_xnnpack(inputs):
             total = inputs[0].astype(np.int64).sum(axis=axes, keepdims=keep_dims)
-            return [requantize(total - x.zero_point * count)]
+            value = (total - x.zero_point * count).astype(np.float32) * scale + zero_point
+            return [np.clip(np.rint(value), -128, 127).astype(np.int8)]
 
         return run_xnnpack
     multiplier, shift = quantize_multiplier(float(np.float32(x.scale)) / float(np.float32(out.scale)))

@@ -85,7 +85,8 @@ def assert_agreement(ours, theirs):
 def flow_labels(outputs, flow, position, max_windows=5):
     """Return {flow number: class} by the runner's rule: the argmax of the mean
     probabilities of the flow's first `max_windows` windows."""
-    probabilities = outputs.astype(np.int32) + 128  # dequantized up to the positive scale
+    # The softmax output's zero point is -128, so q + 128 is proportional to the probability.
+    probabilities = outputs.astype(np.int32) + 128
     labels = {}
     for number in np.unique(flow):
         chosen = (flow == number) & (position < max_windows)
@@ -409,3 +410,127 @@ def test_recurrent_model_has_convert_operators():
     expected = {"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "SUB", "MUL", "ADD",
                 "LOGISTIC", "TANH", "MAX_POOL_2D", "SOFTMAX", "CONCATENATION"}
     assert expected <= names, f"missing {sorted(expected - names)}"
+
+
+# Single operators with chosen quantization: XNNPACK's arithmetic and the scale limits
+# under which the XNNPACK delegate leaves an operator to TFLite's own kernels.
+
+
+@pytest.fixture(scope="module")
+def elementwise_tflite():
+    return convert_int8(elementwise_model)
+
+
+def single_operator(data, name, scales):
+    """Return (model bytes, graph input indices) of the first `name` operator of `data`
+    alone, with (scale, zero point) pairs for its int8 inputs and outputs, in order."""
+    flatbuffer_utils = pytest.importorskip("tensorflow.lite.tools.flatbuffer_utils")
+    model = flatbuffer_utils.read_model_from_bytearray(bytearray(data))
+    graph = model.subgraphs[0]
+    names = numpy_backend._read_graph(data)[1]
+    index = next(i for i, op in enumerate(names) if op.name == name)
+    op = graph.operators[index]
+    inputs = [int(i) for i in op.inputs
+              if i >= 0 and model.buffers[graph.tensors[i].buffer].data is None]
+    int8 = [i for i in inputs + [int(o) for o in op.outputs] if graph.tensors[i].type == 9]
+    assert len(int8) == len(scales), f"{name} has {len(int8)} int8 tensors"
+    for i, (scale, zero_point) in zip(int8, scales):
+        graph.tensors[i].quantization.scale = np.array([scale], np.float32)
+        graph.tensors[i].quantization.zeroPoint = np.array([zero_point], np.int64)
+    graph.operators = [op]
+    graph.inputs = np.array(inputs, np.int32)
+    graph.outputs = np.array([int(o) for o in op.outputs], np.int32)
+    model.signatureDefs = []
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(model)), inputs
+
+
+def run_single(interpreter, feeds):
+    for detail in interpreter.get_input_details():
+        interpreter.resize_tensor_input(detail["index"], feeds[detail["index"]].shape)
+    interpreter.allocate_tensors()
+    for detail in interpreter.get_input_details():
+        interpreter.set_tensor(detail["index"], feeds[detail["index"]])
+    interpreter.invoke()
+    return interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
+
+
+def compare_single(data, inputs, values):
+    """Assert numpy's xnnpack kernels equal litert's default on int8 arrays `values`."""
+    litert = pytest.importorskip("ai_edge_litert.interpreter")
+    feeds = dict(zip(inputs, values))
+    theirs = run_single(litert.Interpreter(model_content=data, num_threads=1), feeds)
+    ours = run_single(Interpreter(model_content=data, kernels="xnnpack"), feeds)
+    differ = int(np.sum(ours != theirs))
+    assert differ == 0, f"{differ} of {ours.size} outputs differ from ai-edge-litert's default"
+
+
+def all_pairs(shape):
+    """Return two int8 arrays of `shape` (with a batch dimension that fits) holding every
+    pair of int8 values."""
+    values = np.arange(-128, 128, dtype=np.int8)
+    per_item = int(np.prod(shape[1:]))
+    batch = -(-65536 // per_item)
+    first = np.resize(np.repeat(values, 256), batch * per_item).reshape((batch,) + tuple(shape[1:]))
+    second = np.resize(np.tile(values, 256), first.shape)
+    return first, second
+
+
+# (input 1, input 2, output) scales and zero points. Ratios of input to output scale below
+# 2**-10 (ADD, SUB) and products below 2**-16 (MUL) are left to TFLite's kernels.
+BINARY_CASES = {
+    "ADD": [((0.0188, -109), (0.00346, -124), (0.00121, -84)),
+            ((0.00225, 58), (0.0533, -108), (0.0121, -52)),
+            ((0.0112, 56), (1.24e-05, -110), (0.00937, 111)),
+            ((0.007, 6), (1.65e-06, 37), (0.00177, -63))],
+    "SUB": [((0.02, 96), (0.0238, -94), (0.006, 20)),
+            ((0.0052, 56), (0.0139, 24), (0.0044, 1)),
+            ((0.0669, 80), (2.19e-05, 15), (0.0288, 111))],
+    "MUL": [((0.0188, -109), (0.00346, -124), (0.00121, -84)),
+            ((0.00585, 29), (0.0987, -31), (0.0916, 47)),
+            ((0.0112, 56), (3.24e-05, -110), (0.00937, 111)),
+            ((0.0669, 80), (7.54e-06, 15), (0.0288, 111)),
+            ((0.5, 3), (0.25, -5), (0.25, 1))],  # scale 0.5: ties, odd output zero point
+}
+
+
+@pytest.mark.train
+@pytest.mark.parametrize("name, scales", [(name, scales) for name, cases in BINARY_CASES.items()
+                                          for scales in cases])
+def test_binary_operator_scales_match_litert_default(elementwise_tflite, name, scales):
+    data, inputs = single_operator(elementwise_tflite, name, scales)
+    shape = numpy_backend._read_graph(data)[0][inputs[0]].shape
+    compare_single(data, inputs, all_pairs(shape))
+
+
+@pytest.mark.train
+@pytest.mark.parametrize("name, scales", [
+    ("LEAKY_RELU", ((0.0157, 13), (0.0041, -80))),
+    ("LEAKY_RELU", ((0.0021, -37), (0.0185, 91))),
+    ("LOGISTIC", ((0.0423, -56), (1 / 256, -128))),
+    ("TANH", ((0.0073, 1), (1 / 128, 0))),
+    ("MEAN", ((0.031, 17), (0.0067, -21))),
+    ("MEAN", ((0.0052, -90), (0.0233, 64))),
+    ("SOFTMAX", ((0.0706, -30), (1 / 256, -128))),
+    ("SOFTMAX", ((0.31, 5), (1 / 256, -128))),
+])
+def test_unary_operator_scales_match_litert_default(elementwise_tflite, name, scales):
+    data, inputs = single_operator(elementwise_tflite, name, scales)
+    shape = numpy_backend._read_graph(data)[0][inputs[0]].shape
+    values = np.random.default_rng(5).integers(-128, 128, (256,) + tuple(shape[1:]), dtype=np.int8)
+    values.reshape(-1)[:256] = np.arange(-128, 128)
+    compare_single(data, inputs, [values])
+
+
+@pytest.mark.train
+@pytest.mark.parametrize("name", ["FULLY_CONNECTED", "CONV_2D", "DEPTHWISE_CONV_2D"])
+def test_weighted_operator_ties_match_litert_default(elementwise_tflite, name):
+    """Requantization scale 0.5 on the first output channel and an odd output zero point:
+    XNNPACK rounds ties to even before it adds the zero point."""
+    tensors, operators, _, _ = numpy_backend._read_graph(elementwise_tflite)
+    weights = tensors[next(op for op in operators if op.name == name).inputs[1]]
+    data, inputs = single_operator(elementwise_tflite, name,
+                                   ((1.0, 3), (2 * float(weights.scales[0]), 1)))
+    shape = numpy_backend._read_graph(data)[0][inputs[0]].shape
+    # Inputs within one step of the zero point keep the accumulators small and unclamped.
+    values = np.random.default_rng(1).integers(2, 5, (64,) + tuple(shape[1:])).astype(np.int8)
+    compare_single(data, inputs, [values])
