@@ -19,14 +19,13 @@ as `src`. The server port is the one the vectors may keep.
 
 A TCP SYN without ACK on a 5-tuple whose flow has seen FIN or RST starts a new flow.
 
-Memory: the table holds tens of thousands of flows on a device with little RAM, so a flow
-is kept small. Its key is one bytes object that packs the protocol, both ports and both
-addresses (client and server are read back from it), the buffered vectors are one bytes
-object, and the key is the dict key itself, not a copy. About 350 bytes per flow without
-buffered vectors on CPython 3.11 (see benchmarks/RESULTS.md for the measured figures).
+Memory: the table keeps tens of thousands of flows on a device with little RAM, so a flow
+is kept small. Its key is one bytes object (protocol, ports, addresses) that is also the
+dict key, and client and server are read back from it. The buffered vectors are one bytes
+object, and the order of last packets is a linked list through the flows, not an
+OrderedDict. benchmarks/RESULTS.md has the measured bytes per flow.
 """
 
-import collections
 import logging
 import struct
 
@@ -45,32 +44,47 @@ _pack_key_head = _KEY_HEAD.pack
 _KEY_HEAD_BYTES = _KEY_HEAD.size
 
 
+# Bits of `Flow.flags`.
+_CLIENT_LOW = 1  # the client is the key's lower endpoint; must be 1 (compared with a bool)
+_CLOSING = 2  # the flow has seen FIN or RST
+
+
 class Flow:
     """State of one flow.
 
     `key` is the flow's key in the table (see `flow_key`); `proto`, `client`,
-    `client_port`, `server` and `server_port` are read from it. `client_low` is True when
-    the client is the key's lower endpoint. `recent` contains the concatenated vectors for
-    the next window, without the port block. It is None before the first usable packet and
-    after the last window. `serial` numbers the flows of a table from 1 in creation order,
-    or is None when the table was made with `serials=False`. `decision` belongs to the
-    runner, which keeps there what it combines over the flow's windows.
+    `client_port`, `server` and `server_port` are read from it. `recent` contains the
+    concatenated vectors for the next window, without the port block. It is None before
+    the first usable packet and after the last window. `decision` belongs to the runner,
+    which keeps there what it combines over the flow's windows. `older` and `newer` link
+    the table's flows in the order of their last packet.
     """
 
-    __slots__ = ("key", "client_low", "last_seen", "last_ts", "packets", "recent", "windows",
-                 "closing", "serial", "decision")
+    __slots__ = ("key", "flags", "last_seen", "last_ts", "packets", "recent", "windows",
+                 "decision", "older", "newer")
+    serial = None  # see NumberedFlow
 
-    def __init__(self, key, client_low, ts, serial):
+    def __init__(self, key, client_low, ts):
         self.key = key
-        self.client_low = client_low
+        self.flags = _CLIENT_LOW if client_low else 0
         self.last_seen = ts
         self.last_ts = ts  # time stamp of the flow's latest packet, for the gap
         self.packets = 0
         self.recent = None
         self.windows = 0
-        self.closing = False
-        self.serial = serial
         self.decision = None
+        self.older = None
+        self.newer = None
+
+    @property
+    def client_low(self):
+        """True when the client is the key's lower endpoint."""
+        return bool(self.flags & _CLIENT_LOW)
+
+    @property
+    def closing(self):
+        """True once the flow has seen FIN or RST."""
+        return bool(self.flags & _CLOSING)
 
     @property
     def proto(self):
@@ -99,6 +113,16 @@ class Flow:
     @property
     def server_port(self):
         return self._endpoint(not self.client_low)[1]
+
+
+class NumberedFlow(Flow):
+    """A flow with `serial`: its number in the table, from 1 in creation order."""
+
+    __slots__ = ("serial",)
+
+    def __init__(self, key, client_low, ts, serial):
+        super().__init__(key, client_low, ts)
+        self.serial = serial
 
 
 def flow_key(pkt):
@@ -150,8 +174,12 @@ class FlowTable:
         self.idle_timeout_s = idle_timeout_s
         self.max_windows = max_windows
         self.serials = serials
-        # Keys ordered by last packet, oldest first: eviction and expiry take from the front.
-        self.flows = collections.OrderedDict()
+        # Key -> flow. The order of last packets is kept by the flows themselves, in a
+        # doubly linked list from `_oldest` to `_newest`: an OrderedDict costs about 50
+        # bytes more per flow (CPython 3.11), the links 16.
+        self.flows = {}
+        self._oldest = None
+        self._newest = None
         self.now = None
         self.flows_created = 0
         self.evictions = 0
@@ -201,30 +229,43 @@ class FlowTable:
         else:
             key = _pack_key_head(pkt.proto, dport, sport) + dst + src
             src_low = False
-        flows = self.flows
-        flow = flows.get(key)
+        flow = self.flows.get(key)
         flags = pkt.tcp_flags
         if flow is None:
             flow = self._create(key, src_low, pkt)
-        elif flow.closing and flags & SYN and not flags & ACK:
+        elif flow.flags & _CLOSING and flags & SYN and not flags & ACK:
             # A new connection on a reused 5-tuple.
-            del flows[key]
+            self._remove(flow)
             self._end(flow, "reused")
             flow = self._create(key, src_low, pkt)
-        else:
-            flows.move_to_end(key)
+        elif flow is not self._newest:
+            # Move the flow to the newest end of the order (inlined: once per packet).
+            older = flow.older
+            newer = flow.newer
+            if older is None:
+                self._oldest = newer
+            else:
+                older.newer = newer
+            newer.older = older
+            newest = self._newest
+            newest.newer = flow
+            flow.older = newest
+            flow.newer = None
+            self._newest = flow
         flow.packets += 1
         flow.last_seen = now
         gap_s = ts - flow.last_ts
         flow.last_ts = ts
         if flags & (FIN | RST):
-            flow.closing = True
+            flow.flags |= _CLOSING
 
         settings = self.settings
         if flow.windows >= self.max_windows or not settings.takes(pkt):
             return
-        # The packet goes from client to server when its sender is the client's endpoint.
-        vec = vectorize(pkt, src_low == flow.client_low, settings, gap_s, port_block=False)
+        # The packet goes from client to server when its sender is the client's endpoint
+        # (True == 1, the value of the bit).
+        from_client = (flow.flags & _CLIENT_LOW) == src_low
+        vec = vectorize(pkt, from_client, settings, gap_s, port_block=False)
         recent = flow.recent
         buffered = vec if recent is None else recent + vec
         if len(buffered) < self._window_bytes:
@@ -245,9 +286,9 @@ class FlowTable:
         self.on_window(flow, ts, window)
 
     def _create(self, key, src_low, pkt):
-        flows = self.flows
-        if len(flows) >= self.max_flows:
-            _, old = flows.popitem(last=False)
+        if len(self.flows) >= self.max_flows:
+            old = self._oldest
+            self._remove(old)
             self.evictions += 1
             self._end(old, "evicted")
         self.flows_created += 1
@@ -256,9 +297,34 @@ class FlowTable:
             client_low = src_low
         else:
             client_low = src_low == _client_is_sender(pkt)
-        serial = self.flows_created if self.serials else None
-        flow = flows[key] = Flow(key, client_low, pkt.ts, serial)
+        if self.serials:
+            flow = NumberedFlow(key, client_low, pkt.ts, self.flows_created)
+        else:
+            flow = Flow(key, client_low, pkt.ts)
+        self.flows[key] = flow
+        newest = self._newest
+        if newest is None:
+            self._oldest = flow
+        else:
+            newest.newer = flow
+            flow.older = newest
+        self._newest = flow
         return flow
+
+    def _remove(self, flow):
+        """Take `flow` out of the dict and the order."""
+        del self.flows[flow.key]
+        older = flow.older
+        newer = flow.newer
+        if older is None:
+            self._oldest = newer
+        else:
+            older.newer = newer
+        if newer is None:
+            self._newest = older
+        else:
+            newer.older = older
+        flow.older = flow.newer = None
 
     def _end(self, flow, reason):
         flow.recent = None
@@ -267,19 +333,24 @@ class FlowTable:
 
     def expire(self, now):
         """End every flow idle for longer than the idle timeout at time `now`."""
-        flows = self.flows
         limit = now - self.idle_timeout_s
-        expired = []
-        # `flows` is ordered by last packet, oldest first, so the scan stops at the first
-        # flow that is still active.
-        for key, flow in flows.items():
-            if flow.last_seen > limit:
-                break
-            expired.append(key)
-        for key in expired:
-            flow = flows.pop(key)
+        # The order is by last packet, oldest first, so the scan stops at the first flow
+        # that is still active.
+        flow = self._oldest
+        while flow is not None and flow.last_seen <= limit:
+            self._remove(flow)
             self.expirations += 1
             self._end(flow, "expired")
+            flow = self._oldest
+
+    def in_order(self):
+        """Return the flows, oldest last packet first."""
+        flows = []
+        flow = self._oldest
+        while flow is not None:
+            flows.append(flow)
+            flow = flow.newer
+        return flows
 
     def advance(self, now):
         """Move the clock to `now` (a live link's wall clock) and expire idle flows."""
@@ -291,6 +362,7 @@ class FlowTable:
 
     def flush(self):
         """End every flow, oldest first (at the end of a capture)."""
-        while self.flows:
-            _, flow = self.flows.popitem(last=False)
+        while self._oldest is not None:
+            flow = self._oldest
+            self._remove(flow)
             self._end(flow, "flushed")

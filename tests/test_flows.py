@@ -1,5 +1,6 @@
 """Flow table: keys, orientation, capacity, eviction, expiry, reuse and the SYN flood."""
 
+import collections
 import json
 import os
 import sys
@@ -223,3 +224,55 @@ def test_decision_state_round_trip(sums, width):
     packed = state.pack(3, 2, sums)
     assert len(packed) == 6 + 4 * width
     assert state.unpack(packed) == (3, 2, tuple(sums))
+
+
+class OrderedDictTable:
+    """The flow table's documented rules on an OrderedDict: a model for its linked order."""
+
+    def __init__(self, cap, idle):
+        self.cap, self.idle = cap, idle
+        self.interval = min(1.0, idle / 2)
+        self.flows = collections.OrderedDict()  # key -> [last_seen, closing, serial]
+        self.now = self.next_expiry = None
+        self.created = 0
+        self.ended = []
+
+    def add(self, ts, key, flags):
+        if self.now is None:
+            self.now, self.next_expiry = ts, ts + self.interval
+        elif ts > self.now:
+            self.now = ts
+            if ts >= self.next_expiry:
+                for k in [k for k, f in self.flows.items() if f[0] <= ts - self.idle]:
+                    self.ended.append((self.flows.pop(k)[2], "expired"))
+                self.next_expiry = ts + self.interval
+        flow = self.flows.get(key)
+        if flow is not None and flow[1] and flags & SYN and not flags & ACK:
+            self.ended.append((self.flows.pop(key)[2], "reused"))
+            flow = None
+        if flow is None:
+            if len(self.flows) >= self.cap:
+                self.ended.append((self.flows.popitem(last=False)[1][2], "evicted"))
+            self.created += 1
+            flow = self.flows[key] = [self.now, False, self.created]
+        self.flows.move_to_end(key)
+        flow[0] = self.now
+        flow[1] = flow[1] or bool(flags & (FIN | RST))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 6), st.floats(0, 40), st.sampled_from([ACK, SYN, FIN | ACK, RST])),
+                max_size=200),
+       st.integers(1, 5))
+def test_order_matches_ordered_dict_model(events, cap):
+    ended = []
+    table = FlowTable(PRE, lambda *a: None, lambda f, r: ended.append((f.serial, r)), max_flows=cap,
+                      idle_timeout_s=5.0)
+    model = OrderedDictTable(cap, 5.0)
+    for port, ts, flags in events:
+        table.add(packet(ts, A, 50000 + port, B, 443, flags=flags))
+        model.add(ts, port, flags)
+        assert ended == model.ended
+        assert [f.serial for f in table.in_order()] == [f[2] for f in model.flows.values()]
+    table.flush()
+    assert ended == model.ended + [(f[2], "flushed") for f in model.flows.values()]
