@@ -276,3 +276,12 @@ def test_order_matches_ordered_dict_model(events, cap):
         assert [f.serial for f in table.in_order()] == [f[2] for f in model.flows.values()]
     table.flush()
     assert ended == model.ended + [(f[2], "flushed") for f in model.flows.values()]
+
+
+def test_recent_full_size_from_first_vector():
+    table = FlowTable(PRE, lambda *a: None)
+    table.add(packet(0, A, 50001, B, 443))
+    (flow,) = table.flows.values()
+    size = PRE.vector_bytes - PRE.port_buckets
+    assert len(flow.recent) == 2 * size
+    assert flow.recent[:size] == bytes(size)  # padding until a second vector arrives
