@@ -117,6 +117,15 @@ def build_contestants(edge_etc_args: list[str]) -> list[Contestant]:
             install_hint="pip install the edge-etc package into /work/venv, or set EDGE_ETC",
             extra_args=edge_etc_args,
         ),
+        Contestant(
+            name="edge-etc-pure",
+            # The same program with its compiled fast path switched off (edge_etc/fastpath.py).
+            argv=["env", "EDGE_ETC_PURE_PYTHON=1", EDGE_ETC, "run", "--pcap", "{pcap}", "-o", "/dev/null"],
+            version_argv=[EDGE_ETC, "--version"],
+            note="this project's classifier, pure-Python packet path",
+            install_hint="pip install the edge-etc package into /work/venv, or set EDGE_ETC",
+            extra_args=edge_etc_args,
+        ),
     ]
 
 
