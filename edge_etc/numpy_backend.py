@@ -46,8 +46,8 @@ configurations for every input scale tried, so both families share them.
 
 NOTE: XNNPACK's operator coverage and the delegate's scale limits change between
 releases. The "xnnpack" family reproduces ai-edge-litert 2.3.0 on x86-64 and was not
-compared with other releases. tflite-runtime 2.14 does not apply XNNPACK to int8 models,
-and its kernels match neither family.
+compared with other releases. tflite-runtime 2.14 did not apply XNNPACK to any int8 model
+tried, and its kernels match neither family.
 
 Matrix products run in floating point (BLAS) where that is exact: every partial sum of
 int8 products is an integer, and it is exact while its magnitude stays below 2**24
@@ -1375,10 +1375,12 @@ def _prepare_min_max(function):
     return prepare
 
 
-# NOTE: these were compared bit for bit with ai-edge-litert's reference kernels on
-# converted models, except RELU, RELU6, RELU_N1_TO_1 and RELU_0_TO_1 as separate operators,
-# int8-to-int8 QUANTIZE, MAXIMUM, MINIMUM, SPLIT_V, SQUEEZE, EXPAND_DIMS, PADV2, CAST, SUM,
-# REDUCE_MAX and REDUCE_MIN, which follow the TFLite sources but no test model contains.
+# NOTE: these were compared bit for bit with ai-edge-litert's reference kernels and its
+# default interpreter on converted models, except RELU, RELU6, RELU_N1_TO_1 and RELU_0_TO_1
+# as separate operators, int8-to-int8 QUANTIZE, MAXIMUM, MINIMUM, SPLIT_V, SQUEEZE,
+# EXPAND_DIMS, PADV2, CAST, SUM, REDUCE_MAX and REDUCE_MIN, which follow the TFLite sources
+# but no test model contains. With kernels="xnnpack" they keep the reference arithmetic,
+# although XNNPACK may take int8 QUANTIZE and RELU* with its own rounding.
 _KERNELS = {
     "ADD": _prepare_binary("ADD"),
     "AVERAGE_POOL_2D": _prepare_average_pool_2d,
