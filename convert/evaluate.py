@@ -31,7 +31,7 @@ from edge_etc.preprocess import CONTEXT_BYTES, Preprocessing
 
 from . import dataset
 from .metrics import flow_decisions, format_report, per_class_report
-from .train import settings_from_options
+from .train import CLASS_WEIGHT_POWER, DEFAULT_WEIGHTING, settings_from_options, training_weights
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +105,7 @@ class Evaluation:
     """Runs the folds for one preprocessing setting and collects reports."""
 
     def __init__(self, corpus, settings, captures, folds, epochs, seed, max_windows, first_only,
-                 int8=True, class_power=None):
+                 int8=True, class_power=None, weighting=None):
         self.settings = settings
         self.data = dataset.build_windows(corpus, settings, captures, seed=seed)
         self.captures = captures
@@ -117,6 +117,7 @@ class Evaluation:
         self.first_only = first_only
         self.int8 = int8
         self.class_power = class_power
+        self.weighting = weighting or DEFAULT_WEIGHTING
 
     def split(self, f):
         train = [i for i in range(len(self.captures)) if self.fold[i] != f]
@@ -136,7 +137,9 @@ class Evaluation:
             train_idx, test_idx = self.split(f)
             started = time.time()
             position_limit = self.max_windows if self.first_only else None
-            extra = {} if self.class_power is None else {"class_power": self.class_power}
+            extra = {"weighting": self.weighting}
+            if self.class_power is not None:
+                extra["class_power"] = self.class_power
             model, val_idx = fit(data, train_idx, self.settings, self.epochs, self.seed + f,
                                  position_limit=position_limit, return_val=True, **extra)
             test = data.select(test_idx)
@@ -223,10 +226,11 @@ class Evaluation:
             train_idx, test_idx = self.split(f)
             tr = data.select(train_idx) & (data.y >= 0)
             te = data.select(test_idx)
-            from .train import flow_balanced_weights
             clf = RandomForestClassifier(n_estimators=200, min_samples_leaf=2, n_jobs=2,
                                          random_state=self.seed)
-            clf.fit(feats[tr], data.y[tr], sample_weight=flow_balanced_weights(data.y[tr], data.flow[tr], len(data.classes)))
+            weights = training_weights(data.y[tr], data.flow[tr], data.capture[tr], len(data.classes),
+                                       weighting=self.weighting)
+            clf.fit(feats[tr], data.y[tr], sample_weight=weights)
             probs = np.zeros((te.sum(), len(data.classes)))
             probs[:, clf.classes_] = clf.predict_proba(feats[te])
             true, pred, _ = flow_decisions(probs, data.flow[te], data.position[te], data.flow_label, self.max_windows)
@@ -236,6 +240,16 @@ class Evaluation:
             all_pred.append(pred[known])
         return {"folds": reports,
                 "overall": per_class_report(np.concatenate(all_true), np.concatenate(all_pred), data.classes)}
+
+
+def _weighting_text(weighting, class_power):
+    power = class_power if class_power is not None else CLASS_WEIGHT_POWER
+    if weighting == "capture":
+        return ("every flow the same total weight over its windows, then every capture the same "
+                "total within its class; class totals proportional to captures ** "
+                f"(1 - {power})")
+    return ("every flow the same total weight over its windows; class totals proportional to "
+            f"flows ** (1 - {power})")
 
 
 def _summary_row(name, result, key="overall"):
@@ -280,7 +294,7 @@ def confusion_text(report, classes):
 
 def evaluate_command(corpus, output, preset, seed, vector_bytes, window_rule, no_server_port,
                      no_mask_addresses, context, window_packets, max_windows, first_only,
-                     baselines, int8, port_buckets=None, class_power=None):
+                     baselines, int8, port_buckets=None, class_power=None, weighting=None):
     corpus = corpus or dataset.default_corpus()
     cfg = PRESETS[preset]
     settings = settings_from_options(vector_bytes=vector_bytes, window_rule=window_rule,
@@ -294,7 +308,7 @@ def evaluate_command(corpus, output, preset, seed, vector_bytes, window_rule, no
     started = time.time()
     os.makedirs(output, exist_ok=True)
     ev = Evaluation(corpus, settings, captures, cfg["folds"], cfg["epochs"], seed, max_windows,
-                    first_only, int8=int8, class_power=class_power)
+                    first_only, int8=int8, class_power=class_power, weighting=weighting)
     flags = []
     if no_server_port:
         flags.append("--no-server-port")
@@ -306,12 +320,12 @@ def evaluate_command(corpus, output, preset, seed, vector_bytes, window_rule, no
         flags.append(f"--max-windows {max_windows}")
     if window_packets is not None:
         flags.append(f"--window-packets {window_packets}")
+    if weighting is not None and weighting != DEFAULT_WEIGHTING:
+        flags.append(f"--weighting {weighting}")
     results = {"flags": " ".join(flags), "settings": settings.to_dict(), "preset": preset, "folds": cfg["folds"],
                "epochs": cfg["epochs"], "seed": seed, "max_windows": max_windows,
                "first_only": first_only, "captures": len(captures),
-               "weighting": "every flow the same total weight over its windows; class totals "
-                            "proportional to flows ** (1 - class_power), class_power "
-                            f"{class_power if class_power is not None else 'default'}"}
+               "weighting": _weighting_text(ev.weighting, class_power)}
     results["cnn_lstm"] = ev.run_model()
     rows = [_summary_row("CNN-LSTM float", results["cnn_lstm"], "overall_float")]
     if int8:
@@ -325,14 +339,16 @@ def evaluate_command(corpus, output, preset, seed, vector_bytes, window_rule, no
         stats_ev = ev if settings.context and settings.server_port else Evaluation(
             corpus, Preprocessing(**{**settings.to_dict_plain(), "context": True, "server_port": True,
                                      "vector_bytes": settings.header_bytes + 8, "port_buckets": 0}),
-            captures, cfg["folds"], cfg["epochs"], seed, max_windows, first_only, int8=False)
+            captures, cfg["folds"], cfg["epochs"], seed, max_windows, first_only, int8=False,
+            weighting=weighting)
         results["stats"] = stats_ev.run_stats_baseline(with_port=False)
         rows.append(_summary_row("statistics (random forest)", results["stats"]))
         results["stats_port"] = stats_ev.run_stats_baseline(with_port=True)
         rows.append(_summary_row("statistics + server port", results["stats_port"]))
         if settings.window_packets != 1:
             one = Evaluation(corpus, Preprocessing(**{**settings.to_dict_plain(), "window_packets": 1}),
-                             captures, cfg["folds"], cfg["epochs"], seed, max_windows, first_only, int8=False)
+                             captures, cfg["folds"], cfg["epochs"], seed, max_windows, first_only, int8=False,
+                             weighting=weighting)
             results["one_packet_cnn"] = one.run_model()
             rows.append(_summary_row("one-packet CNN", results["one_packet_cnn"], "overall_float"))
     results["summary"] = rows

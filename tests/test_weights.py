@@ -1,0 +1,56 @@
+"""Training weights: per flow, per capture and per class."""
+
+import numpy as np
+import pytest
+
+from edge_etc.convert.train import training_weights
+
+
+def _totals(w, groups):
+    return {g: round(float(w[groups == g].sum()), 6) for g in np.unique(groups)}
+
+
+# Class 0: capture 0 has three flows (flow 0 with four windows), capture 1 has one flow.
+# Class 1: capture 2 has one flow of two windows.
+Y = np.array([0, 0, 0, 0, 0, 0, 0, 1, 1])
+FLOW = np.array([0, 0, 0, 0, 1, 2, 3, 4, 4])
+CAPTURE = np.array([0, 0, 0, 0, 0, 0, 1, 2, 2])
+
+
+def test_flow_weighting_equal_per_flow():
+    w = training_weights(Y, FLOW, CAPTURE, 2, class_power=0.0, weighting="flow")
+    per_flow = _totals(w, FLOW)
+    assert len(set(per_flow.values())) == 1
+    assert w.sum() == pytest.approx(len(w))
+
+
+def test_capture_weighting_equal_per_capture():
+    w = training_weights(Y, FLOW, CAPTURE, 2, class_power=0.0, weighting="capture")
+    per_capture = _totals(w, CAPTURE)
+    assert per_capture[0] == pytest.approx(per_capture[1])
+    assert per_capture[1] == pytest.approx(per_capture[2])
+    # Within capture 0, its three flows share the capture's weight equally.
+    per_flow = _totals(w, FLOW)
+    assert per_flow[0] == pytest.approx(per_flow[1])
+    assert per_flow[0] == pytest.approx(per_capture[0] / 3)
+
+
+def test_class_power_balances_classes():
+    # class_power 1: both classes carry the same total, whatever their captures.
+    w = training_weights(Y, FLOW, CAPTURE, 2, class_power=1.0, weighting="capture")
+    per_class = _totals(w, Y)
+    assert per_class[0] == pytest.approx(per_class[1])
+    # class_power 0.5: class totals in proportion to sqrt(captures): 2 against 1.
+    w = training_weights(Y, FLOW, CAPTURE, 2, class_power=0.5, weighting="capture")
+    per_class = _totals(w, Y)
+    assert per_class[0] / per_class[1] == pytest.approx(np.sqrt(2))
+
+
+def test_weighting_rejects_unknown_mode():
+    with pytest.raises(ValueError, match="weighting"):
+        training_weights(Y, FLOW, CAPTURE, 2, weighting="window")
+
+
+def test_weights_empty_input():
+    empty = np.zeros(0, np.int64)
+    assert len(training_weights(empty, empty, empty, 2)) == 0
