@@ -59,10 +59,11 @@ class Stats:
 
 
 class DecisionState:
-    """Packs a flow's classification state into one bytes object, `Flow.decision`.
+    """Codec of a flow's classification state, packed into one bytes object (`Flow.decision`).
 
-    The state is the number of windows combined, the label code and the sum of the class
-    probabilities over those windows. Each sum is kept in the narrowest of float16,
+    The state is the number of windows combined, the label code (the class index, or the
+    number of classes for "unknown") and the sum of the class probabilities over those
+    windows. Each sum is kept in the narrowest of float16,
     float32 and float64 that gives every sum of the flow back exactly, so the means and
     labels are those of float64 sums. With a softmax output quantized to int8 (scale
     1/256), every probability is a multiple of 1/256 and the sums of up to 8 windows fit
@@ -77,6 +78,7 @@ class DecisionState:
         self._by_width = {layout.size // classes: layout for layout in (*self._narrow, self._wide)}
 
     def pack(self, results, code, sums):
+        """Return the state as bytes."""
         sums = tuple(sums)
         head = self._head.pack(results, code)
         for layout in self._narrow:
