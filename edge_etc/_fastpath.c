@@ -253,7 +253,9 @@ static PyObject *fast_decode(PyObject *module, PyObject *const *args, Py_ssize_t
             Py_RETURN_NONE;
         int overflow = 0;
         wire_ip_len = PyLong_AsLongLongAndOverflow(wire_obj, &overflow);
-        if (overflow || (wire_ip_len == -1 && PyErr_Occurred())) {
+        /* No capture has a negative wire length, so Python decides what one means. Leaving
+         * it to Python also keeps the subtraction below from overflowing. */
+        if (overflow || wire_ip_len < 0) {
             PyErr_Clear();
             Py_RETURN_NONE;
         }
@@ -569,21 +571,37 @@ static PyObject *fast_vectorize(PyObject *module, PyObject *const *args, Py_ssiz
     int port_block = PyObject_IsTrue(args[4]);
     if (port_block < 0)
         return NULL;
+    /* A field deleted with `del` is NULL. ts, src, dst and truncated are not read. */
+    PyObject **slots = packet_slots(pkt);
+    for (int i = 0; i < PACKET_FIELDS; i++) {
+        if (slots[i] == NULL && &slots[i] != &pkt->ts && &slots[i] != &pkt->src &&
+            &slots[i] != &pkt->dst && &slots[i] != &pkt->truncated) {
+            PyErr_Format(PyExc_AttributeError, "Packet field %s was deleted",
+                         packet_members[i].name);
+            return NULL;
+        }
+    }
     if (!PyBytes_Check(pkt->ip)) {
         PyErr_SetString(PyExc_TypeError, "Packet.ip must be bytes");
         return NULL;
     }
-    long l4, l4_len, proto, version, payload_len, sport, dport, flags;
-    if (long_field(pkt->l4_offset, &l4) || long_field(pkt->l4_len, &l4_len) ||
+    long l4_field, l4_len_field, proto, version, payload_len, sport, dport, flags;
+    if (long_field(pkt->l4_offset, &l4_field) || long_field(pkt->l4_len, &l4_len_field) ||
         long_field(pkt->proto, &proto) || long_field(pkt->version, &version) ||
         long_field(pkt->payload_len, &payload_len) || long_field(pkt->sport, &sport) ||
         long_field(pkt->dport, &dport) || long_field(pkt->tcp_flags, &flags))
         return NULL;
-    if (l4 < 0 || l4_len < 0 || payload_len < 0 || sport < 0 || sport > 65535 || dport < 0 ||
-        dport > 65535 || flags < 0 || flags > 255) {
+    if (l4_field < 0 || l4_len_field < 0 || payload_len < 0 || sport < 0 || sport > 65535 ||
+        dport < 0 || dport > 65535 || flags < 0 || flags > 255) {
         PyErr_SetString(PyExc_ValueError, "Packet field out of range");
         return NULL;
     }
+    /* Offsets are added below (l4 + l4_len, l4 + 20). An offset past both the packet and the
+     * vector gives the same bytes whatever its value, so clamping it to FAR_OFFSET keeps the
+     * result Python's and the sums far from overflow, also where long has 32 bits. */
+    const Py_ssize_t FAR_OFFSET = PY_SSIZE_T_MAX / 4;
+    const Py_ssize_t l4 = l4_field < FAR_OFFSET ? (Py_ssize_t)l4_field : FAR_OFFSET;
+    const Py_ssize_t l4_len = l4_len_field < FAR_OFFSET ? (Py_ssize_t)l4_len_field : FAR_OFFSET;
 
     const Py_ssize_t size = cached_settings.header_bytes;
     const long buckets = cached_settings.context && port_block ? cached_settings.port_buckets : 0;

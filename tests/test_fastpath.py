@@ -171,6 +171,70 @@ def test_decode_matches_python_on_mutations(index, edits, cut, wire):
         assert_same_decoding(record)
 
 
+# --- hostile values through the Python interface --------------------------------------------
+
+# Each case runs in a child process, because before the fix they crashed the interpreter
+# (a NULL field read, and writes at an offset that wrapped around). `vectorize` must give
+# Python's bytes or raise, and `decode` must agree with Python.
+HOSTILE_SCRIPT = r"""
+import sys
+from edge_etc import decode, fastpath
+from edge_etc.preprocess import Preprocessing, vectorize
+
+FIELDS = %r
+case = sys.argv[1]
+settings = Preprocessing(vector_bytes=152, context=True, port_buckets=16)
+fields = dict(ts=1.0, version=4, proto=6, src=bytes(4), dst=bytes(4), sport=1, dport=2,
+              ip=bytes(range(60)), l4_offset=20, l4_len=20, payload_len=0, tcp_flags=0,
+              truncated=False)
+if case == "deleted_field":
+    # Python's vectorizer reads some fields only under some settings; the compiled one
+    # reads them all, so it may raise AttributeError where Python does not. Otherwise the
+    # bytes must be Python's.
+    for name in FIELDS:
+        fast = fastpath.native.Packet(*fields.values())
+        slow = decode.PythonPacket(*fields.values())
+        delattr(fast, name)
+        delattr(slow, name)
+        try:
+            got = fastpath.native.vectorize(fast, True, settings, 0.0, True)
+        except AttributeError:
+            continue
+        assert got == vectorize(slow, True, settings, 0.0, True), name
+elif case.startswith("far_"):
+    name = {"far_l4": "l4_offset", "far_l4_len": "l4_len"}[case]
+    for proto in (6, 17):
+        for value in (2**31 - 1, 2**62, sys.maxsize - 1, sys.maxsize):
+            fields.update(proto=proto, **{name: value})
+            fast = fastpath.native.Packet(*fields.values())
+            slow = decode.PythonPacket(*fields.values())
+            for to_server in (True, False):
+                got = vectorize(fast, to_server, settings, 0.5, True)
+                assert got == vectorize(slow, to_server, settings, 0.5, True), (name, value)
+elif case == "negative_wire_len":
+    frame = bytes(12) + b"\x08\x00" + bytes.fromhex("4500002800000000400600000a0000010a000002")
+    frame += bytes.fromhex("0001000200000000000000005002000000000000")
+    for wire_len in (-2**63, -1, 13):
+        # Python rejects the frame ("IPv4 total length > frame length"), so the compiled
+        # decoder must leave it to Python.
+        assert fastpath.native.decode(1.0, 1, frame, wire_len) is None, wire_len
+print("ok")
+""" % (FIELDS,)
+
+
+@needs_extension
+@pytest.mark.parametrize("case", ["deleted_field", "far_l4", "far_l4_len", "negative_wire_len"])
+def test_hostile_values_neither_crash_nor_differ(case, tmp_path):
+    script = tmp_path / "hostile.py"
+    script.write_text(HOSTILE_SCRIPT)
+    env = dict(os.environ)
+    env.pop(fastpath.DISABLE_VARIABLE, None)
+    result = subprocess.run([sys.executable, str(script), case], env=env, capture_output=True,
+                            text=True, timeout=120, cwd=ROOT)
+    assert result.returncode == 0, (result.returncode, result.stderr[-2000:])
+    assert result.stdout.strip() == "ok"
+
+
 # --- whole runs ---------------------------------------------------------------------------
 
 def run_driver(paths, pure, out_path):
