@@ -1,17 +1,20 @@
 """Write the seed corpora for the atheris harnesses.
 
-    python fuzz/make_corpus.py            # writes fuzz/corpus/decoder and fuzz/corpus/capfile
+    python fuzz/make_corpus.py     # writes fuzz/corpus/decoder, capfile and fastpath
 
 Seeds: every capture in tests/data/cases and every capture that tests/data/own/make_own.py
 builds, up to MAX_FILE_BYTES each. The capture file harness gets the files. The decoder
 harness gets each distinct frame as a one-record input, and the first records of each
 capture as one sequence, so fragments meet the rest of their datagram. Files are named by
-the SHA-1 of their content, as libFuzzer names its own corpus entries.
+the SHA-1 of their content, as libFuzzer names its own corpus entries. The differential
+harness of the compiled fast path gets both kinds in its own format (fastpath_diff.py):
+each decoder seed, and each classic pcap seed with read chunks of a varying size.
 """
 
 import hashlib
 import logging
 import os
+import struct
 import sys
 import tempfile
 
@@ -20,6 +23,7 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.join(ROOT, "tests", "data", "own"))
 
+import fastpath_diff  # noqa: E402
 import harness  # noqa: E402
 import make_own  # noqa: E402
 from edge_etc.capfile import CaptureFile  # noqa: E402
@@ -52,7 +56,7 @@ def save(folder, data):
 
 def main(out=os.path.join(HERE, "corpus")):
     logging.disable(logging.WARNING)  # truncated seeds are expected; their warnings are noise
-    counts = {"capfile": 0, "decoder": 0}
+    counts = {"capfile": 0, "decoder": 0, "fastpath": 0}
     frames = set()
     with tempfile.TemporaryDirectory() as scratch:
         for name, data in seed_files():
@@ -60,6 +64,13 @@ def main(out=os.path.join(HERE, "corpus")):
                 continue
             save(os.path.join(out, "capfile"), data)
             counts["capfile"] += 1
+            try:
+                flags, linktype = fastpath_diff.fuzz_flags_of(data, counts["fastpath"])
+            except (ValueError, struct.error):
+                pass  # not a classic pcap file of a supported link type
+            else:
+                save(os.path.join(out, "fastpath"), bytes([flags, linktype]) + data[24:])
+                counts["fastpath"] += 1
             path = os.path.join(scratch, name)
             with open(path, "wb") as f:
                 f.write(data)
@@ -74,11 +85,17 @@ def main(out=os.path.join(HERE, "corpus")):
                     frames.add((linktype, frame))
                     by_linktype.setdefault(linktype, []).append(frame)
             for linktype, group in by_linktype.items():
-                save(os.path.join(out, "decoder"), harness.decoder_input(linktype, group[:SEQUENCE_RECORDS]))
+                sequence = harness.decoder_input(linktype, group[:SEQUENCE_RECORDS])
+                save(os.path.join(out, "decoder"), sequence)
+                save(os.path.join(out, "fastpath"), b"\x00" + sequence)
                 counts["decoder"] += 1
+                counts["fastpath"] += 1
     for linktype, frame in sorted(frames):
-        save(os.path.join(out, "decoder"), harness.decoder_input(linktype, [frame]))
+        single = harness.decoder_input(linktype, [frame])
+        save(os.path.join(out, "decoder"), single)
+        save(os.path.join(out, "fastpath"), b"\x00" + single)
         counts["decoder"] += 1
+        counts["fastpath"] += 1
     for kind, n in counts.items():
         print(f"{kind}: {n} seeds in {os.path.join(out, kind)}")
 

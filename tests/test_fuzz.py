@@ -30,6 +30,7 @@ from edge_etc.preprocess import Preprocessing, vectorize
 
 sys.path.insert(0, os.path.join(ROOT, "tests", "data", "own"))
 sys.path.insert(0, os.path.join(ROOT, "fuzz"))
+import fastpath_diff  # noqa: E402
 import harness  # noqa: E402
 import make_own as gen  # noqa: E402
 
@@ -350,10 +351,39 @@ def test_capfile_compressed_mutations(scratch, name, ops, method, compress_after
     read_checked(write_file(scratch, data))
 
 
+# --- compiled fast path against Python -------------------------------------------------------
+# fuzz/fastpath_diff.py contains the checks: the compiled decoder, vectorizer and record slicer
+# must give Python's packets, bytes and records.
+
+needs_extension = pytest.mark.skipif(not fastpath_diff.available(),
+                                     reason="edge_etc._fastpath is not built or is disabled")
+
+
+@needs_extension
+@FAST
+@given(st.lists(mutated_frames(), min_size=1, max_size=8))
+def test_fastpath_decode_same_as_python(frames):
+    for linktype, frame, wire_len in frames:
+        fastpath_diff.check_decode_same((1.0, linktype, frame, wire_len))
+
+
+@needs_extension
+@FILES
+@given(st.sampled_from(sorted(n for n in SEED_FILE_BYTES if n.endswith(".pcap"))), mutations,
+       st.integers(0, 31))
+def test_fastpath_pcap_reader_same_as_python(scratch, name, ops, chunk_step):
+    """Small read chunks put record headers and data across chunk ends."""
+    data = SEED_FILE_BYTES[name]
+    flags, linktype = fastpath_diff.fuzz_flags_of(data, chunk_step)
+    body = mutate(data[24:], ops)
+    fastpath_diff.check_pcap_input(bytes([flags, linktype]) + body, scratch)
+
+
 def _crash_files():
     if not os.path.isdir(CRASHES):
         return []
-    return sorted(n for n in os.listdir(CRASHES) if n.startswith(("capfile-", "decoder-")))
+    return sorted(n for n in os.listdir(CRASHES)
+                  if n.startswith(("capfile-", "decoder-", "fastpath-")))
 
 
 @pytest.mark.parametrize("name", _crash_files() or [pytest.param(None, marks=pytest.mark.skip(
@@ -364,5 +394,9 @@ def test_saved_fuzz_crashes(name):
         data = f.read()
     if name.startswith("capfile-"):
         harness.check_capfile_input(data)
+    elif name.startswith("fastpath-"):
+        if not fastpath_diff.available():
+            pytest.skip("edge_etc._fastpath is not built or is disabled")
+        fastpath_diff.check_input(data)
     else:
         harness.check_decoder_input(data)
