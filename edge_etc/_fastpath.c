@@ -673,9 +673,19 @@ static PyObject *fast_vectorize(PyObject *module, PyObject *const *args, Py_ssiz
     if (cached_settings.context) {
         unsigned char *c = v + size;
         long gap = 0;
-        if (gap_s > 0) {
+        if (gap_s > 0 || isnan(gap_s)) {
             /* rint rounds half to even, as Python's round() does. */
             double g = rint(20.0 * log10(1.0 + gap_s * 1e6));
+            if (!isfinite(g)) {
+                /* A NaN gap, or one so large that gap_s * 1e6 overflows: Python's round()
+                 * raises these two errors. */
+                if (isnan(g))
+                    PyErr_SetString(PyExc_ValueError, "cannot convert float NaN to integer");
+                else
+                    PyErr_SetString(PyExc_OverflowError, "cannot convert float infinity to integer");
+                Py_DECREF(out);
+                return NULL;
+            }
             gap = g > 255 ? 255 : (long)g;
         }
         long length = payload_len < 65535 ? payload_len : 65535;
