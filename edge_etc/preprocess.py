@@ -85,7 +85,7 @@ class Preprocessing:
         context: end each vector with the flow context bytes (see the module docstring).
     """
 
-    vector_bytes: int = 312
+    vector_bytes: int = 568
     window_packets: int = 3
     window_rule: str = "payload"
     server_port: bool = True
