@@ -339,22 +339,45 @@ def _toml_module():
     return tomli
 
 
+def _decode_utf8(path, raw):
+    """Return the text of a TOML file's bytes, without a leading UTF-8 byte order mark.
+
+    TOML files are UTF-8. Editors on Windows often start them with a byte order mark,
+    which tomllib rejects as an invalid statement, so it is dropped here.
+
+    Raises:
+        ConfigError: the bytes are not UTF-8; the message gives the line and column.
+    """
+    if raw.startswith(b"\xef\xbb\xbf"):
+        raw = raw[3:]
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw.count(b"\n", 0, e.start) + 1
+        column = e.start - (raw.rfind(b"\n", 0, e.start) + 1) + 1
+        raise ConfigError(f"{path}: invalid TOML: byte 0x{raw[e.start]:02x} at line {line}, "
+                          f"column {column} is not UTF-8 ({e.reason}); save the file as "
+                          "UTF-8") from None
+
+
 def read_file(path):
     """Read a TOML settings file; return {"section.name": value}.
 
     Raises:
-        ConfigError: the file is missing, unreadable, not TOML, or has a key that is not a
-            setting. Values are checked later, by `build`.
+        ConfigError: the file is missing, unreadable, not UTF-8, not TOML, or has a key
+            that is not a setting. Values are checked later, by `build`.
         EdgeEtcError: no TOML parser (Python 3.9 or 3.10 without tomli).
     """
     toml = _toml_module()
     try:
         with open(path, "rb") as f:
-            data = toml.load(f)
+            raw = f.read()
     except FileNotFoundError:
         raise ConfigError(f"{path}: config file not found") from None
     except OSError as e:
         raise ConfigError(f"{path}: cannot read config file: {e.strerror}") from None
+    try:
+        data = toml.loads(_decode_utf8(path, raw))
     except toml.TOMLDecodeError as e:
         raise ConfigError(f"{path}: invalid TOML: {e}") from None
 

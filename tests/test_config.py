@@ -204,6 +204,32 @@ def test_bad_file_exits_2_with_one_line(tmp_path, recorded, text, expected):
     assert recorded == []
 
 
+@pytest.mark.parametrize("raw, expected", [
+    (b"\xff\xfe[flows]\n", "byte 0xff at line 1, column 1 is not UTF-8"),
+    (b"[flows]\n# caf\xe9\nmax_flows = 3\n", "byte 0xe9 at line 2, column 6 is not UTF-8"),
+])
+@pytest.mark.parametrize("command", ["run", "config"])
+def test_non_utf8_file_exits_2_with_one_line(tmp_path, raw, expected, command):
+    path = tmp_path / "latin1.toml"
+    path.write_bytes(raw)
+    args = ["run", "--config", str(path), "--pcap", PCAP] if command == "run" else ["config", str(path)]
+    proc = run_cli(*args)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith(f"edge-etc: error: {path}: invalid TOML: ")
+    assert expected in lines[0]
+
+
+def test_utf8_bom_accepted(tmp_path, recorded):
+    path = tmp_path / "bom.toml"
+    path.write_bytes(b"\xef\xbb\xbf[flows]\nmax_flows = 100\n")
+    result = invoke("run", "--config", str(path), "--pcap", PCAP)
+    assert result.exit_code == 0, result.output
+    assert recorded[0]["settings"].flows.max_flows == 100
+
+
 def test_missing_file_exits_2(tmp_path, recorded):
     result = invoke("run", "--config", str(tmp_path / "absent.toml"), "--pcap", PCAP)
     assert result.exit_code == 2
