@@ -180,6 +180,25 @@ _SUMMARY_METRICS = (
 )
 
 
+def check_prometheus_path(path):
+    """Check at start-up that the Prometheus file can be created where it is requested.
+
+    The file is written later, by `PrometheusFile`, as a new file in its directory, so the
+    directory must exist and be writable. A failure to write later is a runtime error.
+
+    Raises:
+        ConfigError: the directory is missing or not writable, or `path` is a directory.
+    """
+    directory = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        raise ConfigError(f"--prometheus {path}: cannot open: is a directory")
+    if not os.path.isdir(directory):
+        raise ConfigError(f"--prometheus {path}: cannot open: directory {directory} not found")
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise ConfigError(f"--prometheus {path}: cannot open: directory {directory} is not "
+                          "writable")
+
+
 class PrometheusFile:
     """Counters of a run in the Prometheus text format, for node_exporter's textfile
     collector, rewritten atomically every `interval_s` and at the end of the run.
@@ -345,6 +364,7 @@ class Outputs:
             syslog = Syslog(settings.syslog_facility, settings.syslog_address)
         prometheus = None
         if settings.prometheus_file:
+            check_prometheus_path(settings.prometheus_file)
             prometheus = PrometheusFile(settings.prometheus_file, settings.prometheus_interval_s)
         return cls(json_lines, syslog, prometheus, anonymizer)
 

@@ -452,11 +452,24 @@ def test_run_prometheus_counts_evictions(tmp_path):
     assert evictions > 0
 
 
-def test_run_prometheus_unwritable_dir_exits_1(tmp_path):
-    proc = run_cli("run", "--pcap", PCAP, "--prometheus", str(tmp_path / "absent" / "x.prom"))
-    assert proc.returncode == 1
-    assert "--prometheus" in proc.stderr
-    assert "cannot write" in proc.stderr
+def test_run_prometheus_missing_dir_exits_2(tmp_path):
+    path = tmp_path / "absent" / "x.prom"
+    proc = run_cli("run", "--pcap", PCAP, "--prometheus", str(path))
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        f"edge-etc: error: --prometheus {path}: cannot open: directory {path.parent} not found"]
+
+
+def test_run_prometheus_path_is_dir_exits_2(tmp_path):
+    proc = run_cli("run", "--pcap", PCAP, "--prometheus", str(tmp_path))
+    assert proc.returncode == 2
+    assert "cannot open: is a directory" in proc.stderr
+
+
+def test_run_output_and_prometheus_missing_dir_same_code(tmp_path):
+    output = run_cli("run", "--pcap", PCAP, "-o", str(tmp_path / "absent" / "x.jsonl"))
+    prometheus = run_cli("run", "--pcap", PCAP, "--prometheus", str(tmp_path / "absent" / "x.prom"))
+    assert output.returncode == prometheus.returncode == ExitCode.BAD_INPUT
 
 
 class CountingPipeline:
