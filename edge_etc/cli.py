@@ -163,7 +163,7 @@ def _run(pcap_file, iface, settings, strict):
     from .infer import Classifier
     from .model import default_model_path, load_model_info
     from .outputs import Outputs, drop_privileges
-    from .runner import Pipeline, run_file
+    from .runner import Pipeline, run_file  # noqa: F401 (for _classify, before --user)
 
     # Open the input first: a bad file name is the most common mistake and needs no model.
     capture = handle = keep = None
@@ -183,12 +183,10 @@ def _run(pcap_file, iface, settings, strict):
                            promisc=settings.capture.promisc,
                            buffer_bytes=settings.capture.buffer_mib * 1024 * 1024)
 
-    # Open every output file while still privileged, then switch users before any model
-    # file or packet is parsed.
+    # Open every output, read the model and create the interpreter while still privileged:
+    # after the switch to --user, files and modules that user cannot read would fail. The
+    # switch comes before the first packet is parsed.
     outputs = Outputs.open(settings.output, stream=sys.stdout)
-    if settings.service.user:
-        drop_privileges(settings.service.user)
-
     model = load_model_info(settings.model.path or default_model_path())
     pre = model.preprocessing
     log.info("model %s: labels %s; vectors of %d bytes, windows of %d %s packets",
@@ -197,6 +195,22 @@ def _run(pcap_file, iface, settings, strict):
     log.info("packet path: %s", fastpath.describe())
     classifier = Classifier(model, batch_size=settings.model.batch_size,
                             backend=settings.model.backend)
+    if settings.service.user:
+        drop_privileges(settings.service.user)
+    try:
+        return _classify(pcap_file, capture, handle, keep, settings, strict, model, classifier,
+                         outputs)
+    except ImportError as e:
+        # Every module the run needs is imported above; this names a missed lazy import.
+        user = settings.service.user
+        hint = f"; the Python installation must be readable by user {user}" if user else ""
+        raise EdgeEtcError(f"cannot import {e.name or e} while running{hint}") from None
+
+
+def _classify(pcap_file, capture, handle, keep, settings, strict, model, classifier, outputs):
+    from .runner import Pipeline, run_file
+
+    pre = model.preprocessing
     # 14 bytes: the smallest common link header (Ethernet) before the IP header.
     if capture is not None and capture.snaplen and capture.snaplen - 14 < pre.vector_bytes:
         log.warning("%s: snapshot length %d leaves less than the model's %d bytes per packet "
@@ -214,7 +228,7 @@ def _run(pcap_file, iface, settings, strict):
             with capture:
                 run_file(pipeline, capture, control, keep)
         else:
-            from .capture import run_live
+            from .capture import run_live  # imported by open_live above
             run_live(handle, pipeline, control, outputs.flush)
         if control.stop:
             log.info("stopping on %s", control.signal_name)

@@ -6,9 +6,11 @@ sends it to syslog and counts it for the Prometheus text file. The Prometheus fi
 only counters and the class label: never an address or a port.
 
 Order of a run, so that a service started as root keeps no root rights while it parses
-traffic: open the capture, open these outputs (`Outputs.open`), `drop_privileges`, then
-load the model and read packets. The Prometheus file and a JSON file reopened on SIGHUP are
-written as the new user, so their directories must be writable by that user.
+traffic: open the capture, open these outputs (`Outputs.open`), read the model and create
+the interpreter, `drop_privileges`, then read packets. Every module the run needs is
+imported before the switch, so the new user need not be able to read the Python
+installation. The Prometheus file and a JSON file reopened on SIGHUP are written as the new
+user, so their directories must be writable by that user.
 
 hashlib, hmac, secrets, logging.handlers and tempfile are imported only by the outputs that
 use them: hashlib maps OpenSSL's libcrypto, about 4 MB of the resident memory before the
@@ -209,6 +211,8 @@ class PrometheusFile:
     """
 
     def __init__(self, path, interval_s):
+        import tempfile  # noqa: F401 (here, before a --user switch: `_write` uses it)
+
         self.path = path
         self.interval_s = interval_s
         self.pipeline = None
@@ -426,9 +430,9 @@ class Outputs:
 def drop_privileges(user):
     """Switch the process to `user` and that user's groups, for good.
 
-    Call it after the capture and the output files are open: the open handles stay usable.
-    Modules imported later, and the model file, must be readable by `user`, as they are in a
-    system-wide Python installation. Switching needs root. Without root, it succeeds only when the process already runs as
+    Call it after the capture and the output files are open and the model is loaded: the
+    open handles stay usable, but a module imported later must be readable by `user`.
+    Switching needs root. Without root, it succeeds only when the process already runs as
     `user`, so a service started as that user (e.g. by systemd with CAP_NET_RAW) can keep
     the setting.
 
