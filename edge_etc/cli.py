@@ -3,7 +3,8 @@
 Exit codes: 0 success; 1 runtime failure (interpreter, capture device, conversion, a
 missing optional dependency); 2 invalid input (usage, unreadable or invalid capture or
 model file, invalid settings); 3 with `--strict`, a capture file that stopped early (cut
-inside a record, or a corrupt or oversized record).
+inside a record, or a corrupt or oversized record); 128 + N when signal N stopped a
+capture file run (130 SIGINT, 143 SIGTERM).
 
 Imports stay inside the command bodies: `edge-etc --help` and `edge-etc run` never import
 TensorFlow, and `--help` does not even import numpy.
@@ -69,6 +70,7 @@ class Control:
 
     def __init__(self, on_summary, on_reopen):
         self.stop = False
+        self.signal_number = None
         self.signal_name = None
         self._summary = False
         self._reopen = False
@@ -82,6 +84,7 @@ class Control:
 
     def _stop(self, signum, _frame):
         self.stop = True
+        self.signal_number = signum
         self.signal_name = signal.Signals(signum).name
 
     def _flag_summary(self, _signum, _frame):
@@ -249,6 +252,9 @@ def _classify(pcap_file, capture, handle, keep, settings, strict, model, classif
         except OSError:
             pass  # already reported, or the reader of stdout is gone
     pipeline.log_summary()
+    if capture is not None and control.stop:
+        # The records of a file stopped partway are written, but the run is not complete.
+        return ExitCode.SIGNAL_BASE + control.signal_number
     if capture is not None and capture.stopped and strict:
         return ExitCode.INCOMPLETE
     return ExitCode.OK

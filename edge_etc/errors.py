@@ -12,6 +12,9 @@ class ExitCode:
     RUNTIME = 1  # a failure while running: interpreter, capture device, conversion
     BAD_INPUT = 2  # usage errors, unreadable or invalid files, invalid settings
     INCOMPLETE = 3  # --strict only: a capture file stopped early (cut short or a corrupt record)
+    # A capture file run stopped by signal N exits with 128 + N, as shells report a process
+    # killed by N: 130 for SIGINT, 143 for SIGTERM. A live run ends on a signal with OK.
+    SIGNAL_BASE = 128
 
 
 class EdgeEtcError(Exception):

@@ -290,6 +290,7 @@ def run_file(pipeline, capture, control, keep=None):
     """
     process = pipeline.process
     count = 0
+    log.info("reading %s", capture.path)
     for ts, linktype, frame, wire_len in capture:
         if keep is None or keep(linktype, frame):
             process(ts, linktype, frame, wire_len)

@@ -1,0 +1,73 @@
+"""The `edge-etc` command's behaviour at its edges: exit codes, help text, environment
+variables and messages, each run through the real command."""
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import case
+
+PCAP = case("eth_tls_2flows.pcap")
+PCAP_HEADER_BYTES = 24
+
+
+def pcap_parts(path):
+    """Return (file header, records) of a classic pcap file, as bytes."""
+    with open(path, "rb") as f:
+        data = f.read()
+    return data[:PCAP_HEADER_BYTES], data[PCAP_HEADER_BYTES:]
+
+
+# --- a capture file run stopped by a signal --------------------------------------------------
+
+@pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_file_run_stopped_by_signal_exit_code(tmp_path, signum, code):
+    """Feed a capture on stdin, signal the run while it waits for more, then feed enough
+    records to reach the next stop check (every 4,096 records)."""
+    header, records = pcap_parts(PCAP)
+    out = tmp_path / "flows.jsonl"
+    err_path = tmp_path / "stderr.txt"
+    with open(err_path, "w") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "edge_etc", "run", "--pcap", "-",
+                                 "-o", str(out)], stdin=subprocess.PIPE, stderr=err)
+    try:
+        proc.stdin.write(header + records)
+        proc.stdin.flush()
+        deadline = time.monotonic() + 120
+        while "reading stdin" not in err_path.read_text():
+            assert proc.poll() is None, err_path.read_text()
+            assert time.monotonic() < deadline, "the run did not start reading"
+            time.sleep(0.05)
+        proc.send_signal(signum)
+        # At most 2 MiB more reaches the next check; the run stops long before the end.
+        try:
+            for _ in range(200_000):
+                proc.stdin.write(records)
+        except BrokenPipeError:
+            pass
+        proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        try:
+            proc.stdin.close()
+        except BrokenPipeError:
+            pass
+    stderr = err_path.read_text()
+    assert proc.returncode == code, stderr
+    assert f"stopping on {signal.Signals(signum).name}" in stderr
+    assert "Traceback" not in stderr
+    assert out.read_text().count("\n") >= 1  # the partial results were written
+
+
+def test_file_run_to_end_exits_0(tmp_path):
+    header, records = pcap_parts(PCAP)
+    proc = subprocess.run([sys.executable, "-m", "edge_etc", "run", "--pcap", "-"],
+                          input=header + records, capture_output=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
