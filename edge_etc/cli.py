@@ -129,7 +129,9 @@ class Control:
 @config.run_option("output.anonymize_key_file")
 @config.run_option("service.log_level")
 @config.run_option("service.user")
-@click.option("--strict", is_flag=True, help="Exit with code 3 when a capture file ends inside a record.")
+@click.option("--strict", is_flag=True,
+              help="Exit with code 3 when a capture file stops early: it ends inside a record, "
+                   "or a record is corrupt or longer than 262144 bytes.")
 @_verbosity
 @click.pass_context
 def run(ctx, config_file, pcap_file, strict, verbose, quiet, **options):
@@ -144,9 +146,9 @@ def run(ctx, config_file, pcap_file, strict, verbose, quiet, **options):
     except EdgeEtcError as e:
         fail(str(e), e.exit_code)
     setup_logging(verbose, quiet, default=logging.getLevelName(settings.service.log_level.upper()))
-    if pcap_file and "iface" in given_options:
+    if pcap_file and "iface" in given_options and options["iface"]:
         raise click.UsageError("give exactly one of --pcap FILE or --iface IFACE")
-    # --pcap replaces the live interface of a --config file.
+    # --pcap replaces the live interface of a --config file; an empty --iface means none.
     iface = None if pcap_file else settings.capture.interface
     if not pcap_file and not iface:
         raise click.UsageError("give --pcap FILE or --iface IFACE, or set capture.interface "

@@ -159,8 +159,9 @@ class CaptureConfig(_Section):
     SECTION = "capture"
 
     interface: str = _setting(
-        "", "Network interface to capture from ('any' for all); --pcap FILE replaces it, "
-        "and empty means none.", "--iface", "iface", metavar="IFACE")
+        "", "Network interface to capture from ('any' for all); empty for none. A --pcap "
+        "FILE run ignores this key in a --config file, but rejects a non-empty --iface.",
+        "--iface", "iface", metavar="IFACE")
     filter: str = _setting(
         "", "BPF filter for live capture and capture files, e.g. 'tcp or udp'; empty for all packets.",
         "--filter", "bpf", metavar="BPF")

@@ -327,6 +327,27 @@ def test_pcap_and_iface_rejected(recorded):
     assert "exactly one of --pcap FILE or --iface IFACE" in result.output
 
 
+def test_pcap_with_empty_iface_accepted(recorded):
+    result = invoke("run", "--pcap", PCAP, "--iface", "")
+    assert result.exit_code == 0, result.output
+    assert recorded[0]["iface"] is None
+    assert recorded[0]["pcap_file"] == PCAP
+
+
+def test_empty_iface_alone_rejected(recorded):
+    result = invoke("run", "--iface", "")
+    assert result.exit_code == 2
+    assert "give --pcap FILE or --iface IFACE" in result.output
+    assert recorded == []
+
+
+def test_run_help_matches_iface_and_strict():
+    text = " ".join(invoke("run", "--help").output.split())
+    assert "empty for none" in text
+    assert "rejects a non-empty --iface" in text
+    assert "or a record is corrupt or longer than 262144 bytes" in text
+
+
 def test_no_input_rejected(recorded):
     result = invoke("run")
     assert result.exit_code == 2
