@@ -104,9 +104,10 @@ class Control:
 
 @main.command()
 @click.option("--config", "config_file", metavar="FILE",
+              envvar=config.env_vars("--config", "config_file"),
               help="TOML settings file ('edge-etc config --defaults' prints one); options "
                    "given on the command line override it.")
-@click.option("--pcap", "pcap_file", metavar="FILE",
+@click.option("--pcap", "pcap_file", metavar="FILE", envvar=config.env_vars("--pcap", "pcap_file"),
               help="Classify a capture file (pcap or pcapng, optionally gzip/bzip2/xz).")
 @config.run_option("capture.interface")
 @config.run_option("capture.filter")

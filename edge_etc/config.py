@@ -5,7 +5,8 @@ defaults and ranges of `edge-etc run`'s options, the checks of a `--config` TOML
 the commented file that `edge-etc config --defaults` prints.
 
 Precedence, highest first:
-1. options given on the command line, or as EDGE_ETC_RUN_<OPTION> environment variables;
+1. options given on the command line, or as EDGE_ETC_RUN_<OPTION> environment variables
+   (`env_var`: --max-flows is EDGE_ETC_RUN_MAX_FLOWS, --pcap is EDGE_ETC_RUN_PCAP);
 2. the `--config` file;
 3. the defaults in this module.
 
@@ -160,7 +161,8 @@ class CaptureConfig(_Section):
 
     interface: str = _setting(
         "", "Network interface to capture from ('any' for all); empty for none. A --pcap "
-        "FILE run ignores this key in a --config file, but rejects a non-empty --iface.",
+        "FILE run ignores capture.interface in a --config file, but rejects a non-empty "
+        "--iface.",
         "--iface", "iface", metavar="IFACE")
     filter: str = _setting(
         "", "BPF filter for live capture and capture files, e.g. 'tcp or udp'; empty for all packets.",
@@ -437,13 +439,30 @@ def from_options(path, params, given_params):
     return load(path, overrides, origins)
 
 
+def env_var(option):
+    """Return the environment variable of a `run` option: "--max-flows" -> EDGE_ETC_RUN_MAX_FLOWS."""
+    return "EDGE_ETC_RUN_" + option.split("/")[0].lstrip("-").upper().replace("-", "_")
+
+
+def env_vars(option, param):
+    """Return the environment variables `run` reads for an option: the documented name
+    first, then click's name from the parameter (EDGE_ETC_RUN_BPF for --filter), which
+    earlier versions read."""
+    names = [env_var(option)]
+    click_name = "EDGE_ETC_RUN_" + param.upper()
+    if click_name not in names:
+        names.append(click_name)
+    return names
+
+
 def run_option(key):
     """Return the `click.option` decorator of the `run` option that overrides `key`."""
     import click
 
     spec, kind, default = setting(key)
     decls = [spec.short, spec.option] if spec.short else [spec.option]
-    kwargs = {"default": default, "help": spec.help, "show_default": True}
+    kwargs = {"default": default, "help": spec.help, "show_default": True,
+              "envvar": env_vars(spec.option, spec.param)}
     if kind is bool:
         kwargs["show_default"] = False
     elif spec.choices is not None:

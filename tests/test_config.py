@@ -300,6 +300,37 @@ def test_environment_overrides_file(tmp_path, recorded):
     assert recorded[0]["settings"].flows.max_flows == 300
 
 
+@pytest.mark.parametrize("name, value, key, expected", [
+    ("EDGE_ETC_RUN_FILTER", "tcp", "capture.filter", "tcp"),
+    ("EDGE_ETC_RUN_BPF", "tcp", "capture.filter", "tcp"),  # click's name from the parameter
+    ("EDGE_ETC_RUN_MODEL", "m.tflite", "model.path", "m.tflite"),
+    ("EDGE_ETC_RUN_OUTPUT", "x.jsonl", "output.json_file", "x.jsonl"),
+    ("EDGE_ETC_RUN_IDLE_TIMEOUT", "7", "flows.idle_timeout_s", 7.0),
+    ("EDGE_ETC_RUN_ANONYMIZE_KEY", "k", "output.anonymize_key_file", "k"),
+    ("EDGE_ETC_RUN_SYSLOG", "true", "output.syslog", True),
+])
+def test_environment_variable_named_after_option(recorded, name, value, key, expected):
+    result = invoke("run", "--pcap", PCAP, env={name: value})
+    assert result.exit_code == 0, result.output
+    section, field = key.split(".")
+    assert getattr(getattr(recorded[0]["settings"], section), field) == expected
+
+
+def test_environment_pcap_and_config(tmp_path, recorded):
+    path = write(tmp_path, "[flows]\nmax_flows = 100\n")
+    result = invoke("run", env={"EDGE_ETC_RUN_PCAP": PCAP, "EDGE_ETC_RUN_CONFIG": path})
+    assert result.exit_code == 0, result.output
+    assert recorded[0]["pcap_file"] == PCAP
+    assert recorded[0]["settings"].flows.max_flows == 100
+
+
+def test_environment_variable_every_setting():
+    for key, spec, _kind, _default in config.settings():
+        name = config.env_var(spec.option)
+        assert re.fullmatch(r"EDGE_ETC_RUN_[A-Z0-9_]+", name), key
+        assert name in config.env_vars(spec.option, spec.param)
+
+
 def test_bad_option_value_exits_2(recorded):
     result = invoke("run", "--pcap", PCAP, "--max-flows", "0")
     assert result.exit_code == 2
