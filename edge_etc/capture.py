@@ -60,6 +60,59 @@ def _libpcap_message(err):
     return text
 
 
+_LIBPCAP_NAMES = ("libpcap.so.1", "libpcap.so.0.8", "libpcap.so", "libpcap.dylib")
+_PCAP_NETMASK_UNKNOWN = 0xFFFFFFFF
+
+
+def _compile_error(expression, linktype):
+    """Return libpcap's own message for an expression that does not compile, or None.
+
+    pypcap's `bpf` compiles without a handle and reports only "bad filter". A dead handle
+    (`pcap_open_dead`) keeps libpcap's message, e.g. "can't parse filter expression: syntax
+    error", which is what a live capture reports. libpcap is loaded with ctypes, only on
+    this error path; None when it cannot be found.
+    """
+    import ctypes
+    import ctypes.util
+
+    names = [ctypes.util.find_library("pcap"), *_LIBPCAP_NAMES]
+    lib = None
+    for name in filter(None, names):
+        try:
+            lib = ctypes.CDLL(name)
+            break
+        except OSError:
+            continue
+    if lib is None:
+        return None
+
+    class BpfProgram(ctypes.Structure):
+        _fields_ = [("bf_len", ctypes.c_uint), ("bf_insns", ctypes.c_void_p)]
+
+    lib.pcap_open_dead.restype = ctypes.c_void_p
+    lib.pcap_open_dead.argtypes = [ctypes.c_int, ctypes.c_int]
+    lib.pcap_compile.argtypes = [ctypes.c_void_p, ctypes.POINTER(BpfProgram), ctypes.c_char_p,
+                                 ctypes.c_int, ctypes.c_uint32]
+    lib.pcap_geterr.restype = ctypes.c_char_p
+    lib.pcap_geterr.argtypes = [ctypes.c_void_p]
+    lib.pcap_freecode.argtypes = [ctypes.POINTER(BpfProgram)]
+    lib.pcap_close.argtypes = [ctypes.c_void_p]
+
+    handle = lib.pcap_open_dead(linktype, 65535)
+    if not handle:
+        return None
+    try:
+        program = BpfProgram()
+        if lib.pcap_compile(handle, ctypes.byref(program), expression.encode(), 1,
+                            _PCAP_NETMASK_UNKNOWN) == 0:
+            lib.pcap_freecode(ctypes.byref(program))
+            return None
+        message = lib.pcap_geterr(handle)
+        return message.decode(errors="replace") if message else None
+    finally:
+        lib.pcap_close(handle)
+
+
 class FileFilter:
     """A BPF filter for capture file records, compiled once per link type with libpcap.
 
@@ -84,7 +137,8 @@ class FileFilter:
                 self._compiled[linktype] = self._pcap.bpf(self.expression.encode(), linktype)
             except OSError as e:
                 if linktype == 1:
-                    raise ConfigError(f"invalid BPF filter {self.expression!r}: {e}") from None
+                    message = _compile_error(self.expression, linktype) or str(e)
+                    raise ConfigError(f"invalid BPF filter {self.expression!r}: {message}") from None
                 log.warning("BPF filter %r does not compile for link type %d; its records are skipped",
                             self.expression, linktype)
                 self._compiled[linktype] = None

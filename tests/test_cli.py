@@ -71,3 +71,26 @@ def test_file_run_to_end_exits_0(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "edge_etc", "run", "--pcap", "-"],
                           input=header + records, capture_output=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
+
+
+# --- messages ----------------------------------------------------------------------------
+
+def bpf_error(*args):
+    proc = subprocess.run([sys.executable, "-m", "edge_etc", "run", *args,
+                           "--filter", "tcp and and"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    (line,) = proc.stderr.strip().splitlines()
+    return line
+
+
+def test_file_bpf_error_has_libpcap_message():
+    line = bpf_error("--pcap", PCAP)
+    assert line == ("edge-etc: error: invalid BPF filter 'tcp and and': can't parse filter "
+                    "expression: syntax error")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="live capture on lo needs root")
+def test_file_and_live_bpf_errors_agree():
+    file_line = bpf_error("--pcap", PCAP)
+    live_line = bpf_error("--iface", "lo")
+    assert live_line.replace("error: lo: ", "error: ") == file_line
