@@ -41,7 +41,7 @@ class Stats:
     """Counters of one run, reported in the summary."""
 
     def __init__(self):
-        self.records = 0
+        self.records = 0  # capture records read, those the BPF filter rejects included
         self.filtered = 0  # capture file records rejected by the BPF filter
         self.packets = 0  # TCP/UDP packets accounted to flows
         self.skipped = {}  # reason -> records skipped
@@ -286,19 +286,21 @@ def run_file(pipeline, capture, control, keep=None):
     `control.stop` is checked every 4,096 records so a signal ends a long file quickly, and
     `control.tick()` runs there too (signal requests such as a summary or a reopen).
     `keep(linktype, frame)`, when given, is a BPF filter: rejected records are counted in
-    `pipeline.stats.filtered` and not decoded.
+    `pipeline.stats.records` and `pipeline.stats.filtered` and not decoded.
     """
     process = pipeline.process
+    stats = pipeline.stats
     count = 0
     log.info("reading %s", capture.path)
     for ts, linktype, frame, wire_len in capture:
         if keep is None or keep(linktype, frame):
             process(ts, linktype, frame, wire_len)
         else:
-            pipeline.stats.filtered += 1
+            stats.records += 1
+            stats.filtered += 1
         count += 1
         if count & 0xFFF == 0:
             control.tick()
             if control.stop:
                 break
-    pipeline.stats.stopped = capture.stopped
+    stats.stopped = capture.stopped

@@ -94,3 +94,21 @@ def test_file_and_live_bpf_errors_agree():
     file_line = bpf_error("--pcap", PCAP)
     live_line = bpf_error("--iface", "lo")
     assert live_line.replace("error: lo: ", "error: ") == file_line
+
+
+def summary_fields(stderr):
+    (line,) = [x for x in stderr.splitlines() if "summary:" in x]
+    return dict(kv.split("=") for kv in line.split("summary: ")[1].split())
+
+
+def test_summary_records_include_filtered():
+    proc = subprocess.run([sys.executable, "-m", "edge_etc", "run", "--pcap", PCAP, "-o", "",
+                           "--filter", "tcp and src port 443"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    summary = summary_fields(proc.stderr)
+    unfiltered = subprocess.run([sys.executable, "-m", "edge_etc", "run", "--pcap", PCAP, "-o", ""],
+                                capture_output=True, text=True, timeout=120)
+    assert summary["records"] == summary_fields(unfiltered.stderr)["records"]
+    assert 0 < int(summary["filtered"]) < int(summary["records"])
+    assert int(summary["packets"]) == int(summary["records"]) - int(summary["filtered"])
