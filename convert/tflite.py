@@ -58,9 +58,9 @@ class ConversionError(EdgeEtcError):
 
 def load_keras_model(path):
     """Load a Keras .h5/.keras model without compiling it."""
-    import keras
     if not os.path.isfile(path):
         raise ModelError(f"{path}: model file not found")
+    import keras
     try:
         return keras.models.load_model(path, compile=False)
     except Exception as e:

@@ -28,7 +28,7 @@ from .errors import EdgeEtcError, ExitCode
 
 log = logging.getLogger("edge_etc")
 
-TRAIN_EXTRA_HINT = "pip install 'edge-etc[train]'"
+TRAIN_EXTRA_HINT = "pip install 'edge-etc[train]' (from a source checkout: pip install '.[train]')"
 
 
 def setup_logging(verbose, quiet, default=logging.INFO):
@@ -313,6 +313,16 @@ def _training_module(name):
 def convert(keras_model, output, corpus, force, seed, verbose, quiet):
     """Convert a Keras CNN-LSTM to a full-integer int8 TFLite model with a parity report."""
     setup_logging(verbose, quiet)
+    # Checked before the import of TensorFlow, which takes seconds.
+    if os.path.isdir(keras_model):
+        fail(f"{keras_model}: is a directory, not a model file", ExitCode.BAD_INPUT)
+    if not os.path.isfile(keras_model):
+        fail(f"{keras_model}: model file not found", ExitCode.BAD_INPUT)
+    if output and not os.path.isdir(os.path.dirname(os.path.abspath(output))):
+        fail(f"--output {output}: directory {os.path.dirname(os.path.abspath(output))} not found",
+             ExitCode.BAD_INPUT)
+    if corpus and not os.path.isdir(corpus):
+        fail(f"--corpus {corpus}: folder not found", ExitCode.BAD_INPUT)
     mod = _training_module("tflite")
     try:
         mod.convert_command(keras_model, output, corpus, force, seed)

@@ -112,3 +112,34 @@ def test_summary_records_include_filtered():
     assert summary["records"] == summary_fields(unfiltered.stderr)["records"]
     assert 0 < int(summary["filtered"]) < int(summary["records"])
     assert int(summary["packets"]) == int(summary["records"]) - int(summary["filtered"])
+
+
+# --- training side -----------------------------------------------------------------------
+
+@pytest.mark.parametrize("args, expected", [
+    (["absent.h5"], "edge-etc: error: absent.h5: model file not found"),
+    ([PCAP, "-o", "/nonexistent-dir/m.tflite"],
+     "edge-etc: error: --output /nonexistent-dir/m.tflite: directory /nonexistent-dir not found"),
+    ([PCAP, "--corpus", "/nonexistent-dir"], "edge-etc: error: --corpus /nonexistent-dir: folder not found"),
+])
+def test_convert_checks_inputs_before_tensorflow(tmp_path, args, expected):
+    proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "edge_etc", "convert", *args],
+                          capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert proc.returncode == 2
+    lines = [x for x in proc.stderr.splitlines() if not x.startswith("import time:")]
+    assert lines == [expected]
+    imported = [x.split("|")[-1].strip() for x in proc.stderr.splitlines()
+                if x.startswith("import time:")]
+    assert "tensorflow" not in imported
+    assert "keras" not in imported
+
+
+def test_missing_train_extra_names_both_install_commands():
+    code = ("import sys; sys.modules['tensorflow'] = None; from edge_etc.cli import main; "
+            "sys.argv = ['edge-etc', 'train']; main()")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1
+    (line,) = proc.stderr.strip().splitlines()
+    assert "tensorflow is not installed" in line
+    assert "pip install 'edge-etc[train]'" in line
+    assert "pip install '.[train]'" in line
