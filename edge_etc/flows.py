@@ -167,11 +167,15 @@ class FlowTable:
         max_windows: windows made per flow; later packets are only counted.
         serials: make `NumberedFlow`s, which number the flows in `serial`. Without it, the
             flows are `Flow`s with `serial` None, 48 bytes smaller each.
+        jump_log_level: level of the log message on the first forward time stamp jump
+            (later jumps are logged at DEBUG). The dataset builder, which reads hundreds of
+            captures with one table each, passes DEBUG.
     """
 
     def __init__(self, settings, on_window, on_end=None, max_flows=65536, idle_timeout_s=120.0,
-                 max_windows=5, serials=True):
+                 max_windows=5, serials=True, jump_log_level=logging.INFO):
         self.settings = settings
+        self.jump_log_level = jump_log_level
         self.on_window = on_window
         self.on_end = on_end
         self.max_flows = max_flows
@@ -219,7 +223,7 @@ class FlowTable:
             if ts - now > _JUMP_LOG_FACTOR * self.idle_timeout_s:
                 self.time_jumps_forward += 1
                 # The first jump is news; the rest are counted in the summary.
-                log.log(logging.INFO if self.time_jumps_forward == 1 else logging.DEBUG,
+                log.log(self.jump_log_level if self.time_jumps_forward == 1 else logging.DEBUG,
                         "time stamp jumped forward by %.0f s; expiring idle flows", ts - now)
             self.now = now = ts
             if now >= self._next_expiry:

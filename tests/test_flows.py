@@ -2,6 +2,7 @@
 
 import collections
 import json
+import logging
 import os
 import sys
 
@@ -285,3 +286,17 @@ def test_recent_full_size_from_first_vector():
     size = PRE.vector_bytes - PRE.port_buckets
     assert len(flow.recent) == 2 * size
     assert flow.recent[:size] == bytes(size)  # padding until a second vector arrives
+
+
+def test_time_jump_logged_by_runner_not_dataset(caplog):
+    from edge_etc.convert.dataset import capture_windows
+
+    path = case("out_of_order_timestamps.pcap")
+    with caplog.at_level(logging.DEBUG, logger="edge_etc.flows"):
+        capture_windows(path, PRE)
+    jumps = [r for r in caplog.records if "time stamp jumped forward" in r.getMessage()]
+    assert [r.levelno for r in jumps] == [logging.DEBUG]
+
+    r = run_cli("run", "--pcap", path, "-o", "")
+    assert r.returncode == 0, r.stderr
+    assert "INFO: time stamp jumped forward by" in r.stderr
