@@ -31,6 +31,7 @@ CLASSES = ("Chat", "Email", "FileTransfer", "Game", "P2P", "RemoteAccess", "Stre
            "VoIP", "Web")
 UNLABELLED = ("background", "unknown")
 FIRST_WINDOWS_KEPT = 8
+HELD_OUT_SHARE = 0.2  # captures of each class held out for testing
 
 
 def default_corpus():
@@ -225,10 +226,13 @@ def spread_captures(captures, n):
     return picked
 
 
-def split_captures(captures, test_share=0.2, seed=0):
+def split_captures(captures, test_share=HELD_OUT_SHARE, seed=0):
     """Split capture indices into (train, test), per class, so no capture is on both sides.
 
-    Every class with at least two captures gets at least one test capture.
+    A class holds out `round(n * test_share)` of its n captures, but at least one when it
+    has two or more, so every class with two captures is tested. With few captures per
+    class the held-out share is larger than `test_share`: ten classes of two captures hold
+    out 10 of 20 (50%). A class with one capture holds out none.
     """
     rng = np.random.default_rng(seed)
     by_class = {}

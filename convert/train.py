@@ -115,10 +115,25 @@ def fit(data, train_idx, settings, epochs, seed, val_share=0.15, position_limit=
                                                        restore_best_weights=True))
     # Few captures can leave no validation windows: train without validation then.
     validation = (x_va, y_va, w_va) if len(y_va) else None
+    # Keras's progress bar (verbose=1) wrote ANSI codes to stdout, among the report: log one
+    # line per epoch on stderr instead.
+    callbacks.append(_epoch_logger(epochs))
     model.fit(x_tr, y_tr, sample_weight=w_tr, validation_data=validation,
-              epochs=epochs, batch_size=256, shuffle=True, callbacks=callbacks,
-              verbose=1 if log.isEnabledFor(logging.INFO) else 0)
+              epochs=epochs, batch_size=256, shuffle=True, callbacks=callbacks, verbose=0)
     return (model, inner_val) if return_val else model
+
+
+def _epoch_logger(epochs):
+    """Return a Keras callback that logs the metrics of each epoch at INFO."""
+    import keras
+
+    class EpochLogger(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            metrics = " ".join(f"{name}={value:.4f}" for name, value in (logs or {}).items()
+                               if isinstance(value, (int, float)))
+            log.info("epoch %d/%d: %s", epoch + 1, epochs, metrics)
+
+    return EpochLogger()
 
 
 def evaluate(model, data, test_idx, max_windows=5):
@@ -165,6 +180,20 @@ def unknown_threshold(model, data, val_idx, max_windows=5):
     return threshold
 
 
+def _threshold_note(data, val_idx, threshold):
+    """Return why the unknown threshold is 0 (the model never reports "unknown"), or ""."""
+    if not val_idx:
+        return ("no validation captures, because no class has two or more training captures "
+                "after the hold-out; the model never reports unknown (train on more captures)")
+    if not data.select(val_idx).any():
+        return ("the validation captures have no windows; the model never reports unknown "
+                "(train on more captures)")
+    if threshold == 0.0:
+        return ("no validation flow was classified correctly, so none bounds the threshold; "
+                "the model never reports unknown")
+    return ""
+
+
 def train_command(corpus, output, epochs, seed, vector_bytes, window_rule, no_server_port,
                   limit_captures, context=None, port_buckets=None, weighting=DEFAULT_WEIGHTING):
     corpus = corpus or dataset.default_corpus()
@@ -182,9 +211,17 @@ def train_command(corpus, output, epochs, seed, vector_bytes, window_rule, no_se
     if not test_idx:
         log.warning("no capture is held out for testing: every class has a single capture; "
                     "the model is trained and saved without held-out results")
+    elif len(test_idx) > 1.5 * dataset.HELD_OUT_SHARE * len(captures):
+        log.warning("%d of %d captures (%.0f%%) are held out for testing, not %.0f%%: a class "
+                    "with two or more captures holds out at least one", len(test_idx),
+                    len(captures), 100 * len(test_idx) / len(captures),
+                    100 * dataset.HELD_OUT_SHARE)
     model, val_idx = fit(data, train_idx, settings, epochs, seed, return_val=True,
                          weighting=weighting)
     threshold = unknown_threshold(model, data, val_idx)
+    threshold_note = _threshold_note(data, val_idx, threshold)
+    if threshold_note:
+        log.warning("unknown threshold %.2f: %s", threshold, threshold_note)
     report = evaluate(model, data, test_idx)
 
     os.makedirs(output, exist_ok=True)
@@ -208,7 +245,10 @@ def train_command(corpus, output, epochs, seed, vector_bytes, window_rule, no_se
     with open(os.path.join(output, "model.json"), "w") as f:
         json.dump(meta, f, indent=1)
     text = (f"Held-out captures: {len(test_idx)} of {len(captures)} (split by capture file, seed {seed})\n"
-            f"Unknown threshold: {threshold:.2f} (reported flows above use no threshold)\n\n")
+            f"Unknown threshold: {threshold:.2f} (reported flows above use no threshold)\n")
+    if threshold_note:
+        text += f"  {threshold_note}\n"
+    text += "\n"
     if report is None:
         text += "No held-out results: the held-out captures have no labelled windows.\n"
     else:

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from conftest import case
+from conftest import case, corpus  # noqa: F401 (corpus is a fixture)
 
 PCAP = case("eth_tls_2flows.pcap")
 PCAP_HEADER_BYTES = 24
@@ -143,3 +143,21 @@ def test_missing_train_extra_names_both_install_commands():
     assert "tensorflow is not installed" in line
     assert "pip install 'edge-etc[train]'" in line
     assert "pip install '.[train]'" in line
+
+
+def test_train_few_captures_warns_and_reports(corpus, tmp_path):
+    pytest.importorskip("tensorflow")
+    proc = subprocess.run([sys.executable, "-m", "edge_etc", "train", "--corpus", corpus,
+                           "--limit-captures", "20", "--epochs", "1", "-o", str(tmp_path)],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    # One log line per epoch on stderr; no Keras progress bar among the report on stdout.
+    assert "\x1b[" not in proc.stdout
+    assert "Epoch" not in proc.stdout
+    assert re.search(r"INFO: epoch 1/1: .*loss=", proc.stderr)
+    assert "WARNING: 10 of 20 captures (50%) are held out for testing" in proc.stderr
+    assert "WARNING: unknown threshold 0.00: no validation captures" in proc.stderr
+    report = (tmp_path / "report.txt").read_text()
+    assert "Unknown threshold: 0.00" in report
+    assert "no validation captures" in report
+    assert "the model never reports unknown" in report
