@@ -44,6 +44,7 @@ def test_file_run_stopped_by_signal_exit_code(tmp_path, signum, code):
             assert time.monotonic() < deadline, "the run did not start reading"
             time.sleep(0.05)
         proc.send_signal(signum)
+
         # At most 2 MiB more reaches the next check; the run stops long before the end.
         try:
             for _ in range(200_000):
@@ -51,6 +52,7 @@ def test_file_run_stopped_by_signal_exit_code(tmp_path, signum, code):
         except BrokenPipeError:
             pass
         proc.wait(timeout=120)
+
     finally:
         if proc.poll() is None:
             proc.kill()
