@@ -8,14 +8,23 @@ TimeDistributed (a smaller, faster TFLite graph), then a per-packet dense projec
 keeps byte positions (header fields sit at fixed offsets). Then an LSTM over the packets'
 feature vectors and a softmax.
 
+The first convolution reads non-overlapping patches of `patch` bytes (kernel and stride
+`patch`). Over 304 header bytes, a (1, 5) convolution at every byte position made the int8
+model take 110 us per window in ai-edge-litert on one x86 core, against 23 us with
+8-byte patches.
+
 The LSTM is built with `unroll=True`: the window has three steps, so unrolling costs
 nothing, and only the unrolled form converts to full-integer int8 TFLite.
 """
 
 
 def build_model(window_packets, vector_bytes, n_classes, filters=(32, 32), feature_units=64,
-                lstm_units=64, dropout=0.2, context_bytes=0, context_units=32):
+                lstm_units=64, dropout=0.2, context_bytes=0, context_units=32, pool=2, patch=8):
     """Return an uncompiled Keras model.
+
+    `filters` gives the filters of each convolution: the first one is the patch layer
+    when `patch` > 1, each later one is a (1, 5) convolution followed by max pooling of
+    `pool` bytes.
 
     With `context_bytes`, the last bytes of each packet vector (the flow context and port
     buckets) bypass the CNN: a dense layer reads them directly and its output joins the
@@ -36,11 +45,17 @@ def build_model(window_packets, vector_bytes, n_classes, filters=(32, 32), featu
         c = layers.Permute((2, 1), name="context")(context)
         c = layers.Dense(context_units, activation="relu", name="context_features")(c)
     h = layers.Reshape((window_packets, header_bytes, 1))(x)
-    for i, f in enumerate(filters):
+    convs = list(filters)
+    if patch > 1:
+        # A single-channel convolution at every byte position writes one output per
+        # position and filter; patches cut those outputs by `patch` (timings above).
+        h = layers.Conv2D(convs.pop(0), (1, patch), strides=(1, patch), padding="same",
+                          activation="relu", name="patches")(h)
+    for i, f in enumerate(convs):
         h = layers.Conv2D(f, (1, 5), padding="same", activation="relu", name=f"conv{i + 1}")(h)
-        h = layers.MaxPooling2D((1, 2), name=f"pool{i + 1}")(h)
+        h = layers.MaxPooling2D((1, pool), name=f"pool{i + 1}")(h)
     length = h.shape[2]
-    h = layers.Reshape((window_packets, length * filters[-1]))(h)
+    h = layers.Reshape((window_packets, length * h.shape[3]))(h)
     h = layers.Dropout(dropout)(h)
     h = layers.Dense(feature_units, activation="relu", name="packet_features")(h)
     if context_bytes:
