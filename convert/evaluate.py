@@ -27,6 +27,7 @@ import time
 
 import numpy as np
 
+from edge_etc.config import DEFAULTS
 from edge_etc.preprocess import CONTEXT_BYTES, Preprocessing
 
 from . import dataset
@@ -316,7 +317,7 @@ def evaluate_command(corpus, output, preset, seed, vector_bytes, window_rule, no
         flags.append("--no-mask-addresses")
     if first_only:
         flags.append("--first-only")
-    if max_windows != 5:
+    if max_windows != DEFAULTS.flows.max_windows:
         flags.append(f"--max-windows {max_windows}")
     if window_packets is not None:
         flags.append(f"--window-packets {window_packets}")

@@ -17,6 +17,7 @@ import time
 
 import numpy as np
 
+from edge_etc.config import DEFAULTS
 from edge_etc.errors import ConfigError
 from edge_etc.preprocess import Preprocessing
 
@@ -62,6 +63,12 @@ def training_weights(y, flow, capture, n_classes, class_power=CLASS_WEIGHT_POWER
             units_in_class = w[mask].sum()  # each flow, or each capture, contributes 1
             w[mask] *= units_in_class ** -class_power
     return w * (len(w) / w.sum())
+
+
+def _decision_text(max_windows):
+    if max_windows == 1:
+        return "first window"
+    return f"mean of the first {max_windows} windows"
 
 
 def set_seed(seed):
@@ -136,7 +143,7 @@ def _epoch_logger(epochs):
     return EpochLogger()
 
 
-def evaluate(model, data, test_idx, max_windows=5):
+def evaluate(model, data, test_idx, max_windows=DEFAULTS.flows.max_windows):
     """Return window-level and flow-level reports on the captures `test_idx`, or None when
     those captures have no labelled windows."""
     m = data.select(test_idx) & (data.y >= 0)
@@ -164,7 +171,7 @@ def settings_from_options(**options):
     return Preprocessing(**given)
 
 
-def unknown_threshold(model, data, val_idx, max_windows=5):
+def unknown_threshold(model, data, val_idx, max_windows=DEFAULTS.flows.max_windows):
     """Return the confidence under which the runner reports "unknown", chosen on the
     validation captures' labelled and background flows (see evaluate.choose_threshold)."""
     from .evaluate import _flow_confidence, choose_threshold
@@ -253,7 +260,7 @@ def train_command(corpus, output, epochs, seed, vector_bytes, window_rule, no_se
         text += "No held-out results: the held-out captures have no labelled windows.\n"
     else:
         text += ("Windows:\n" + format_report(report["windows"]) +
-                 "\nFlows (mean of the first 5 windows, as the runner decides):\n" +
+                 f"\nFlows ({_decision_text(DEFAULTS.flows.max_windows)}, as the runner decides):\n" +
                  format_report(report["flows"]))
     with open(os.path.join(output, "report.txt"), "w") as f:
         f.write(text)

@@ -389,8 +389,9 @@ def train(corpus, seed, vector_bytes, window_rule, no_server_port, context, port
 @click.option("--window-packets", type=click.IntRange(1, 16), default=None,
               help="Packets per window (ablation: 1, 2, 3, 5).")
 @click.option("--no-mask-addresses", is_flag=True, help="Ablation: leave IP addresses visible.")
-@click.option("--max-windows", type=click.IntRange(1, 1000), default=5, show_default=True,
-              help="Windows combined per flow decision (ablation: 1).")
+@click.option("--max-windows", type=click.IntRange(1, 1000), default=config.DEFAULTS.flows.max_windows,
+              show_default=True,
+              help="Windows combined per flow decision (ablation: 5).")
 @click.option("--first-only", is_flag=True,
               help="Ablation: train on windows from the first packets of flows only.")
 @click.option("--baselines/--no-baselines", default=True, show_default=True,

@@ -213,7 +213,9 @@ class FlowConfig(_Section):
         120.0, "Time without a packet after which a flow expires.", "--idle-timeout",
         "idle_timeout", unit="seconds", minimum=0.001, maximum=86400)
     max_windows: int = _setting(
-        5, "Windows per flow whose probabilities are averaged into the decision.",
+        1, "Windows per flow whose class probabilities are averaged into the decision. "
+        "With 1 a flow is decided on its first complete window and its packet data is freed "
+        "at once.",
         "--max-windows", "max_windows", unit="windows", minimum=1, maximum=1000)
 
 

@@ -1,7 +1,7 @@
 """The classification pipeline: records in, one JSON line per classified flow out.
 
-Decision rule: a flow is classified from its first complete window. Its next windows, up
-to `max_windows` in all, refine the decision: the class probabilities of every window seen
+Decision rule: a flow is classified from its first complete window. With `max_windows`
+above 1 (the default is 1), its next windows refine the decision: the class probabilities of every window seen
 so far are averaged, and the label is the class with the highest mean probability. A record
 is written when the flow is first classified, and again only when a later window changes
 its label. When the mean probability of the label is under the model's unknown threshold
@@ -26,6 +26,7 @@ import struct
 from .decode import Decoder
 from .errors import PacketError
 from .flows import FlowTable
+from .config import DEFAULTS
 from .model import UNKNOWN_LABEL
 
 log = logging.getLogger(__name__)
@@ -109,7 +110,7 @@ class Pipeline:
     """
 
     def __init__(self, classifier, write, max_flows=65536, idle_timeout_s=120.0,
-                 max_windows=5, batch_size=64):
+                 max_windows=DEFAULTS.flows.max_windows, batch_size=64):
         self.classifier = classifier
         self.labels = classifier.model.labels
         self.threshold = classifier.model.unknown_threshold
