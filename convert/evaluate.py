@@ -323,6 +323,14 @@ def evaluate_command(corpus, output, preset, seed, vector_bytes, window_rule, no
         flags.append(f"--window-packets {window_packets}")
     if weighting is not None and weighting != DEFAULT_WEIGHTING:
         flags.append(f"--weighting {weighting}")
+    if vector_bytes is not None:
+        flags.append(f"--vector-bytes {vector_bytes}")
+    if window_rule is not None:
+        flags.append(f"--window-rule {window_rule}")
+    if context is not None:
+        flags.append("--context" if context else "--no-context")
+    if port_buckets is not None:
+        flags.append(f"--port-buckets {port_buckets}")
     results = {"flags": " ".join(flags), "settings": settings.to_dict(), "preset": preset, "folds": cfg["folds"],
                "epochs": cfg["epochs"], "seed": seed, "max_windows": max_windows,
                "first_only": first_only, "captures": len(captures),

@@ -57,9 +57,10 @@ def main():
       f"{ev['seed']}) and dealt round-robin, so no capture is on both sides of a split.")
     w(f"- Training: {ev['epochs']} epochs on the other folds; 15% of their captures are held out for "
       "the unknown threshold. Weighting: " + ev["weighting"] + ".")
-    w(f"- Scores are per **flow**: the runner's decision, the mean class probabilities of a flow's "
-      f"first {ev['max_windows']} windows. Flows labelled `background` or `unknown` in the corpus are "
-      "scored apart. Macro-F1 averages the F1 of the classes present.")
+    decision = ("the class probabilities of a flow's first window" if ev["max_windows"] == 1 else
+                f"the mean class probabilities of a flow's first {ev['max_windows']} windows")
+    w(f"- Scores are per **flow**: the runner's decision, {decision}. Flows labelled `background` "
+      "or `unknown` in the corpus are scored apart. Macro-F1 averages the F1 of the classes present.")
     w("- int8: each fold's model is quantized with `edge-etc convert`'s code and run through the "
       "runner's own classifier (ai-edge-litert).")
     w(f"- Settings: `{json.dumps({k: v for k, v in ev['settings'].items() if k not in ('format', 'version')})}`\n")
