@@ -168,9 +168,9 @@ class CaptureFile:
         little_endian = self._endian == "<"
         while True:
             if native is not None and len(buf) - pos >= 16:
-                # The compiled slicer yields the complete records in the buffer and stops
-                # at the first that needs a refill or is implausible; the code below takes
-                # that one.
+                # The compiled slicer yields the complete records in the buffer. It stops at
+                # the first record that needs a refill or is implausible, and the code below
+                # handles that record.
                 slicer = native.PcapSlicer(buf, pos, little_endian, tick, linktype, MAX_RECORD_BYTES)
                 try:
                     yield from slicer

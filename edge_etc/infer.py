@@ -7,7 +7,7 @@ Backends, tried in this order unless one is asked for:
   error that says so.
 - `numpy` (`edge_etc.numpy_backend`), an int8 interpreter of edge-etc's own for machines
   where no TFLite wheel installs (OpenWrt on musl, MIPS, 32-bit ARM). With "auto" it is the
-  last resort, and the start-up log says so. It computes what ai-edge-litert's default
+  last resort, and the start-up log names it. It computes what ai-edge-litert's default
   interpreter computes (XNNPACK's arithmetic); `numpy-reference` runs it with TFLite's
   reference kernels instead.
 

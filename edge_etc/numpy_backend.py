@@ -1375,12 +1375,13 @@ def _prepare_min_max(function):
     return prepare
 
 
-# NOTE: these were compared bit for bit with ai-edge-litert's reference kernels and its
-# default interpreter on converted models, except RELU, RELU6, RELU_N1_TO_1 and RELU_0_TO_1
-# as separate operators, int8-to-int8 QUANTIZE, MAXIMUM, MINIMUM, SPLIT_V, SQUEEZE,
-# EXPAND_DIMS, PADV2, CAST, SUM, REDUCE_MAX and REDUCE_MIN, which follow the TFLite sources
-# but no test model contains. With kernels="xnnpack" they keep the reference arithmetic,
-# although XNNPACK may take int8 QUANTIZE and RELU* with its own rounding.
+# NOTE: these kernels were compared bit for bit with ai-edge-litert's reference kernels and
+# its default interpreter on converted models. No test model contains the following ones,
+# which follow the TFLite sources untested: RELU, RELU6, RELU_N1_TO_1 and RELU_0_TO_1 as
+# separate operators, int8-to-int8 QUANTIZE, MAXIMUM, MINIMUM, SPLIT_V, SQUEEZE,
+# EXPAND_DIMS, PADV2, CAST, SUM, REDUCE_MAX and REDUCE_MIN. With kernels="xnnpack" they keep
+# the reference arithmetic, although XNNPACK may take int8 QUANTIZE and RELU* with its own
+# rounding.
 _KERNELS = {
     "ADD": _prepare_binary("ADD"),
     "AVERAGE_POOL_2D": _prepare_average_pool_2d,
