@@ -107,6 +107,8 @@ class CaptureFile:
         self.records = 0
         self.stopped = None
         self.snaplen = None
+        self._buffer = None  # the pcap reader's bytearray, see _refill
+        self._view = None
         self._f, self.compression = _open_checked(path)
         try:
             head = self._read_or_fail(4, "file header")
@@ -153,7 +155,26 @@ class CaptureFile:
         self._linktype = linktype & 0x0FFFFFFF  # the upper bits describe FCS presence
         self._offset = 24
 
-    def _iter_pcap(self):
+    def pcap_record_format(self):
+        """Return (little endian, seconds per time stamp tick, link type) of a pcap file's
+        records, for a consumer of `iter_records(take)`."""
+        return self._endian == "<", self._tick, self._linktype
+
+    def iter_records(self, take=None):
+        """Iterate over the records, as iterating over the file does.
+
+        With `take`, a pcap file's reader calls `take(buf, pos)` whenever its buffer `buf`
+        contains at least a record header from offset `pos` on. `take` consumes complete
+        records and returns (offset of the first record it left, records consumed, stop
+        reading); the reader then yields the record at that offset itself (after a refill,
+        or to report where the file stops), and counts every record in `records`. pcapng
+        files ignore `take`.
+        """
+        if self.format == "pcap":
+            return self._iter_pcap(take)
+        return self._iter_pcapng_guarded()
+
+    def _iter_pcap(self, take=None):
         # Records are sliced out of chunks of CHUNK_BYTES rather than read one by one: two
         # read calls per packet were a sixth of the runner's time per packet.
         rec = struct.Struct(self._endian + "IIII")
@@ -162,12 +183,19 @@ class CaptureFile:
         tick = self._tick
         native = fastpath.native
         base = self._offset  # file offset of buf[0]
-        buf = b""
+        # `buf` is a memoryview of the filled part of `self._buffer`, which each refill
+        # reads into, so the records are never copied from one buffer to another.
+        buf = memoryview(b"")
         pos = 0
         eof = False
         little_endian = self._endian == "<"
         while True:
-            if native is not None and len(buf) - pos >= 16:
+            if take is not None and len(buf) - pos >= 16:
+                pos, consumed, stop = take(buf, pos)
+                self.records += consumed
+                if stop:
+                    return
+            elif native is not None and len(buf) - pos >= 16:
                 # The compiled slicer yields the complete records in the buffer. It stops at
                 # the first record that needs a refill or is implausible, and the code below
                 # handles that record.
@@ -200,7 +228,7 @@ class CaptureFile:
                 self._stop(f"file ends inside the data of record {self.records + 1} "
                            f"({len(buf) - pos - 16} of {caplen} bytes)", base + pos)
                 return
-            frame = buf[pos + 16:end]
+            frame = bytes(buf[pos + 16:end])
             pos = end
             self.records += 1
             yield sec + frac * tick, linktype, frame, max(wire_len, caplen)
@@ -208,30 +236,39 @@ class CaptureFile:
     def _refill(self, buf, pos, base, need):
         """Keep buf[pos:] and read until `need` bytes are there or the file ends.
 
-        Returns (buf, 0, file offset of the new buf, at end of file). buf is None when the
-        stream failed, after `_stop` logged where.
+        Returns (buf, 0, file offset of the new buf, at end of file), where the new buf is a
+        memoryview of the reader's buffer: the kept bytes moved to its start, then what was
+        read. buf is None when the stream failed, after `_stop` logged where.
         """
-        rest = buf[pos:]
+        rest = len(buf) - pos
         base += pos
-        parts = [rest]
-        have = len(rest)
+        # A compressed stream cut short raises on a read past the cut and returns nothing,
+        # so it is read only as far as the next record needs.
+        fill = need if self.compression else max(CHUNK_BYTES, need)
+        if self._buffer is None or len(self._buffer) < fill:
+            # A new buffer, never a resized one: the views of the old one stay valid.
+            old = buf[pos:]
+            self._buffer = bytearray(max(fill, CHUNK_BYTES))
+            self._view = memoryview(self._buffer)
+            self._view[:rest] = old
+        elif rest:
+            # The slice assignment copies through a temporary when the ranges overlap.
+            self._view[:rest] = buf[pos:]
+        have = rest
         eof = False
         while have < need:
-            # A compressed stream cut short raises on a read past the cut and returns
-            # nothing, so it is read only as far as the next record needs.
-            size = need - have if self.compression else max(CHUNK_BYTES, need - have)
+            size = fill - have
             try:
-                chunk = self._f.read(size)
+                count = self._f.readinto(self._view[have:have + size])
             except _STREAM_ERRORS as e:
                 self._stop(f"reading the {self.compression or 'file'} stream failed in record "
                            f"{self.records + 1}: {e}", base)
                 return None, 0, base, True
-            if not chunk:
+            if not count:
                 eof = True
                 break
-            parts.append(chunk)
-            have += len(chunk)
-        return b"".join(parts), 0, base, eof
+            have += count
+        return self._view[:have], 0, base, eof
 
     # --- pcapng -----------------------------------------------------------------------
 
@@ -373,9 +410,7 @@ class CaptureFile:
     def __iter__(self):
         # The pcap reader guards each of its reads itself. Returning its generator, not
         # delegating to it, saves a generator frame per record.
-        if self.format == "pcap":
-            return self._iter_pcap()
-        return self._iter_pcapng_guarded()
+        return self.iter_records()
 
     def _iter_pcapng_guarded(self):
         try:
