@@ -178,6 +178,12 @@ class Classifier:
         in_scale, in_zero = inp["quantization"]
         self.out_scale, self.out_zero = out["quantization"]
         self.lut = input_lut(in_scale, in_zero)
+        # With scale 1/255 (the bundled model's, from calibration inputs spanning [0, 1]) the
+        # table is the byte plus a constant modulo 256, as int8 wraps. Then one vectorized
+        # uint8 addition replaces the lookup. None when the table is anything else.
+        offset = int(self.lut[0]) & 0xFF
+        affine = (np.arange(256) + offset) & 0xFF
+        self._lut_offset = np.uint8(offset) if np.array_equal(self.lut.view(np.uint8), affine) else None
         self.batch_size = batch_size
         try:
             if inp["shape"][0] != batch_size:
@@ -217,20 +223,34 @@ class Classifier:
         """Return class probabilities, shape (len(windows), classes), for raw windows.
 
         Args:
-            windows: a sequence of byte strings of window_packets * vector_bytes bytes.
+            windows: a sequence of byte strings of window_packets * vector_bytes bytes, or
+                a 2-D uint8 array with one window per row.
         """
         n = len(windows)
         out = np.empty((n, len(self.model.labels)), dtype=np.float32)
         size = self.batch_size
         flat = self._batch.reshape(size, -1)
+        flat_bytes = flat.view(np.uint8)
+        rows = windows if isinstance(windows, np.ndarray) else None
+        if rows is not None and (rows.dtype != np.uint8 or rows.ndim != 2 or
+                                 rows.shape[1] != flat.shape[1]):
+            raise ValueError(f"expected uint8 windows of shape (n, {flat.shape[1]}), got "
+                             f"{rows.dtype} {rows.shape}")
         for start in range(0, n, size):
-            chunk = windows[start:start + size]
-            raw = np.frombuffer(b"".join(chunk), dtype=np.uint8).reshape(len(chunk), -1)
-            flat[:len(chunk)] = self.lut[raw]
-            if len(chunk) < size:
-                flat[len(chunk):] = 0
+            if rows is not None:
+                raw = rows[start:start + size]
+            else:
+                chunk = windows[start:start + size]
+                raw = np.frombuffer(b"".join(chunk), dtype=np.uint8).reshape(len(chunk), -1)
+            count = len(raw)
+            if self._lut_offset is not None:
+                np.add(raw, self._lut_offset, out=flat_bytes[:count])
+            else:
+                flat[:count] = self.lut[raw]
+            if count < size:
+                flat[count:] = 0
             self.interpreter.set_tensor(self._input_index, self._batch)
             self.interpreter.invoke()
             q = self.interpreter.get_tensor(self._output_index)
-            out[start:start + len(chunk)] = dequantize(q[:len(chunk)], self.out_scale, self.out_zero)
+            out[start:start + count] = dequantize(q[:count], self.out_scale, self.out_zero)
         return out
