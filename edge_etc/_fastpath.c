@@ -11,30 +11,12 @@
  * Python's own edge_etc.fastpath module decides whether this module is used.
  */
 
-#define PY_SSIZE_T_CLEAN
-#include <Python.h>
+#include "_fastpath.h"
 #include <structmember.h>
 #include <math.h>
 #include <stdint.h>
 #include <string.h>
 
-#if PY_VERSION_HEX < 0x030A0000  /* Python 3.9 lacks these two helpers */
-static inline PyObject *Py_NewRef(PyObject *obj)
-{
-    Py_INCREF(obj);
-    return obj;
-}
-
-static int PyModule_AddObjectRef(PyObject *module, const char *name, PyObject *value)
-{
-    Py_INCREF(value);
-    if (PyModule_AddObject(module, name, value) < 0) {
-        Py_DECREF(value);
-        return -1;
-    }
-    return 0;
-}
-#endif
 
 /* ---- Packet ------------------------------------------------------------------------- */
 
@@ -60,7 +42,6 @@ typedef struct {
 
 #define PACKET_FIELDS 13
 
-static PyTypeObject PacketType;
 
 static PyObject **packet_slots(PacketObject *p)
 {
@@ -93,7 +74,7 @@ static void packet_dealloc(PacketObject *self)
 /* Take ownership of the PACKET_FIELDS references in `values`. */
 static PyObject *packet_build(PyObject **values)
 {
-    PacketObject *self = PyObject_GC_New(PacketObject, &PacketType);
+    PacketObject *self = PyObject_GC_New(PacketObject, &FpPacketType);
     if (self == NULL) {
         for (int i = 0; i < PACKET_FIELDS; i++)
             Py_XDECREF(values[i]);
@@ -137,7 +118,7 @@ static PyMemberDef packet_members[] = {
     {NULL, 0, 0, 0, NULL},
 };
 
-static PyTypeObject PacketType = {
+PyTypeObject FpPacketType = {
     PyVarObject_HEAD_INIT(NULL, 0)
     .tp_name = "edge_etc._fastpath.Packet",
     .tp_doc = PyDoc_STR("A decoded TCP or UDP packet (see edge_etc.decode.Packet)."),
@@ -219,53 +200,23 @@ static Py_ssize_t fast_ip_offset(long linktype, const unsigned char *f, Py_ssize
     return -1;
 }
 
-/* decode(ts, linktype, frame, wire_len) -> Packet or None
- *
- * Decodes an unfragmented IPv4 or IPv6 (no extension headers) TCP or UDP packet whose
- * headers are consistent, exactly as edge_etc.decode.Decoder.decode does. Returns None for
- * anything else, so that the Python decoder takes it and gives the same packet, fragment
- * handling or error. */
-static PyObject *fast_decode(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+/* Decodes an unfragmented IPv4 or IPv6 (no extension headers) TCP or UDP packet whose
+ * headers are consistent, exactly as edge_etc.decode.Decoder.decode does, and returns 1.
+ * Returns 0 for anything else, so that the Python decoder takes it and gives the same
+ * packet, fragment handling or error. */
+int fp_decode_frame(long linktype, const unsigned char *f, Py_ssize_t flen, long long wire_len,
+                    fp_decoded *out)
 {
-    (void)module;
-    if (nargs != 4) {
-        PyErr_SetString(PyExc_TypeError, "decode() takes 4 arguments");
-        return NULL;
-    }
-    PyObject *ts = args[0], *frame = args[2], *wire_obj = args[3];
-    if (!PyBytes_CheckExact(frame) || !PyLong_CheckExact(args[1]))
-        Py_RETURN_NONE;
-    long linktype = PyLong_AsLong(args[1]);
-    if (linktype == -1 && PyErr_Occurred()) {
-        PyErr_Clear();
-        Py_RETURN_NONE;
-    }
-    const unsigned char *f = (const unsigned char *)PyBytes_AS_STRING(frame);
-    Py_ssize_t flen = PyBytes_GET_SIZE(frame);
     Py_ssize_t off = fast_ip_offset(linktype, f, flen);
     if (off < 0)
-        Py_RETURN_NONE;
-
-    int have_wire = wire_obj != Py_None;
-    long long wire_ip_len = 0;
-    if (have_wire) {
-        if (!PyLong_CheckExact(wire_obj))
-            Py_RETURN_NONE;
-        int overflow = 0;
-        wire_ip_len = PyLong_AsLongLongAndOverflow(wire_obj, &overflow);
-        /* No capture has a negative wire length, so Python decides what one means. Leaving
-         * it to Python also keeps the subtraction below from overflowing. */
-        if (overflow || wire_ip_len < 0) {
-            PyErr_Clear();
-            Py_RETURN_NONE;
-        }
-        wire_ip_len -= off;
-    }
+        return 0;
+    int have_wire = wire_len >= 0;
+    long long wire_ip_len = have_wire ? wire_len - off : 0;
 
     const unsigned char *ip = f + off;
     Py_ssize_t n = flen - off;
     if (n < 1)
-        Py_RETURN_NONE;
+        return 0;
     int version = ip[0] >> 4;
     long long total;
     Py_ssize_t l4;
@@ -274,16 +225,16 @@ static PyObject *fast_decode(PyObject *module, PyObject *const *args, Py_ssize_t
     if (version == 4) {
         Py_ssize_t ihl = (ip[0] & 0x0F) * 4;
         if (ihl < 20 || n < ihl)
-            return Py_NewRef(Py_None);
+            return 0;
         total = u16(ip + 2);
         if (total == 0)
             total = have_wire ? wire_ip_len : n;
         else if (total < ihl)
-            Py_RETURN_NONE;
+            return 0;
         else if (have_wire && total > wire_ip_len)
-            Py_RETURN_NONE;
+            return 0;
         if (u16(ip + 6) & 0x3FFF)  /* a fragment: reassembly is Python's */
-            Py_RETURN_NONE;
+            return 0;
         proto = ip[9];
         l4 = ihl;
         addr_at = 12;
@@ -291,74 +242,149 @@ static PyObject *fast_decode(PyObject *module, PyObject *const *args, Py_ssize_t
     }
     else if (version == 6) {
         if (n < 40)
-            Py_RETURN_NONE;
+            return 0;
         unsigned plen = u16(ip + 4);
         total = plen ? 40 + (long long)plen : (have_wire ? wire_ip_len : n);
         if (have_wire && total > wire_ip_len)
-            Py_RETURN_NONE;
+            return 0;
         proto = ip[6];  /* extension headers are left to Python */
         l4 = 40;
         if (l4 > total)
-            Py_RETURN_NONE;
+            return 0;
         addr_at = 8;
         addr_len = 16;
     }
     else {
-        Py_RETURN_NONE;
+        return 0;
     }
 
     unsigned sport, dport, flags = 0;
     long long l4_len;
     if (proto == 6) {
         if (n < l4 + 4)
-            Py_RETURN_NONE;
+            return 0;
         sport = u16(ip + l4);
         dport = u16(ip + l4 + 2);
         if (n >= l4 + 14) {
             Py_ssize_t doff = (ip[l4 + 12] >> 4) * 4;
             if (doff < 20 || l4 + doff > total)
-                Py_RETURN_NONE;
+                return 0;
             if (doff > 20 && n >= l4 + doff && !tcp_options_valid(ip, l4 + 20, l4 + doff))
-                Py_RETURN_NONE;
+                return 0;
             flags = ip[l4 + 13];
             l4_len = doff;
         }
         else {
             l4_len = 20;
             if (l4 + 20 > total)
-                Py_RETURN_NONE;
+                return 0;
         }
     }
     else if (proto == 17) {
         if (n < l4 + 4 || l4 + 8 > total)
-            Py_RETURN_NONE;
+            return 0;
         sport = u16(ip + l4);
         dport = u16(ip + l4 + 2);
         l4_len = 8;
     }
     else {
-        Py_RETURN_NONE;
+        return 0;
     }
+    out->ip = ip;
+    out->n = n;
+    out->version = version;
+    out->proto = proto;
+    out->addr_at = addr_at;
+    out->addr_len = addr_len;
+    out->sport = sport;
+    out->dport = dport;
+    out->flags = flags;
+    out->l4 = l4;
+    out->l4_len = l4_len;
+    out->total = total;
+    return 1;
+}
+
+void fp_view_of_decoded(const fp_decoded *d, fp_packet_view *view)
+{
+    view->ip = d->ip;
+    view->n = d->n;
+    view->l4 = d->l4;
+    view->l4_len = (Py_ssize_t)d->l4_len;
+    view->proto = d->proto;
+    view->version = d->version;
+    view->payload_len = d->total - d->l4 - d->l4_len;
+    view->sport = d->sport;
+    view->dport = d->dport;
+    view->flags = d->flags;
+}
+
+int fp_record_args(PyObject *const *args, long *linktype, long long *wire_len)
+{
+    PyObject *frame = args[2], *wire_obj = args[3];
+    if (!PyBytes_CheckExact(frame) || !PyLong_CheckExact(args[1]))
+        return 0;
+    *linktype = PyLong_AsLong(args[1]);
+    if (*linktype == -1 && PyErr_Occurred()) {
+        PyErr_Clear();
+        return 0;
+    }
+    *wire_len = -1;
+    if (wire_obj != Py_None) {
+        if (!PyLong_CheckExact(wire_obj))
+            return 0;
+        int overflow = 0;
+        *wire_len = PyLong_AsLongLongAndOverflow(wire_obj, &overflow);
+        /* No capture has a negative wire length, so Python decides what one means. Leaving
+         * it to Python also keeps the subtraction in fp_decode_frame from overflowing. */
+        if (overflow || *wire_len < 0) {
+            PyErr_Clear();
+            return 0;
+        }
+    }
+    return 1;
+}
+
+/* decode(ts, linktype, frame, wire_len) -> Packet or None
+ *
+ * fp_decode_frame for Python: a Packet, or None to leave the frame to the Python decoder. */
+static PyObject *fast_decode(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)module;
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "decode() takes 4 arguments");
+        return NULL;
+    }
+    PyObject *ts = args[0], *frame = args[2];
+    long linktype;
+    long long wire_len;
+    if (!fp_record_args(args, &linktype, &wire_len))
+        Py_RETURN_NONE;
+    const unsigned char *f = (const unsigned char *)PyBytes_AS_STRING(frame);
+    Py_ssize_t flen = PyBytes_GET_SIZE(frame);
+    fp_decoded d;
+    if (!fp_decode_frame(linktype, f, flen, wire_len, &d))
+        Py_RETURN_NONE;
 
     PyObject *values[PACKET_FIELDS];
     values[0] = Py_NewRef(ts);
-    values[1] = PyLong_FromLong(version);
-    values[2] = PyLong_FromLong(proto);
+    values[1] = PyLong_FromLong(d.version);
+    values[2] = PyLong_FromLong(d.proto);
     PyObject *ip_obj;
-    if (off == 0)
+    if (d.ip == f)
         ip_obj = Py_NewRef(frame);
     else
-        ip_obj = PyBytes_FromStringAndSize((const char *)ip, n);
-    values[3] = PyBytes_FromStringAndSize((const char *)ip + addr_at, addr_len);
-    values[4] = PyBytes_FromStringAndSize((const char *)ip + addr_at + addr_len, addr_len);
-    values[5] = PyLong_FromLong(sport);
-    values[6] = PyLong_FromLong(dport);
+        ip_obj = PyBytes_FromStringAndSize((const char *)d.ip, d.n);
+    values[3] = PyBytes_FromStringAndSize((const char *)d.ip + d.addr_at, d.addr_len);
+    values[4] = PyBytes_FromStringAndSize((const char *)d.ip + d.addr_at + d.addr_len, d.addr_len);
+    values[5] = PyLong_FromLong(d.sport);
+    values[6] = PyLong_FromLong(d.dport);
     values[7] = ip_obj;
-    values[8] = PyLong_FromSsize_t(l4);
-    values[9] = PyLong_FromLongLong(l4_len);
-    values[10] = PyLong_FromLongLong(total - l4 - l4_len);
-    values[11] = PyLong_FromLong(flags);
-    values[12] = PyBool_FromLong(n < total);
+    values[8] = PyLong_FromSsize_t(d.l4);
+    values[9] = PyLong_FromLongLong(d.l4_len);
+    values[10] = PyLong_FromLongLong(d.total - d.l4 - d.l4_len);
+    values[11] = PyLong_FromLong(d.flags);
+    values[12] = PyBool_FromLong(d.n < d.total);
     for (int i = 0; i < PACKET_FIELDS; i++) {
         if (values[i] == NULL) {
             for (int j = 0; j < PACKET_FIELDS; j++)
@@ -490,19 +516,8 @@ static PyTypeObject SlicerType = {
 
 /* ---- vectorize ---------------------------------------------------------------------- */
 
-/* The preprocessing settings that vectorize reads, taken from the last settings object
- * seen. Preprocessing is a frozen dataclass, so one object's values never change. */
-static struct {
-    PyObject *object;
-    Py_ssize_t header_bytes;
-    int server_port, mask_addresses, mask_capture_fields, context;
-    long port_buckets;
-} cached_settings;
-
-static int read_settings(PyObject *settings)
+int fp_read_settings(PyObject *settings, fp_settings *out)
 {
-    if (settings == cached_settings.object)
-        return 0;
     PyObject *v;
     long values[6];
     static const char *names[] = {"header_bytes", "server_port", "mask_addresses",
@@ -522,13 +537,31 @@ static int read_settings(PyObject *settings)
                      values[0], values[5]);
         return -1;
     }
+    out->header_bytes = values[0];
+    out->server_port = values[1] != 0;
+    out->mask_addresses = values[2] != 0;
+    out->mask_capture_fields = values[3] != 0;
+    out->context = values[4] != 0;
+    out->port_buckets = values[5];
+    return 0;
+}
+
+/* The settings of `vectorize()`, read from the last settings object seen. Preprocessing is a
+ * frozen dataclass, so one object's values never change. */
+static struct {
+    PyObject *object;
+    fp_settings values;
+} cached_settings;
+
+static int read_cached_settings(PyObject *settings)
+{
+    if (settings == cached_settings.object)
+        return 0;
+    fp_settings values;
+    if (fp_read_settings(settings, &values) < 0)
+        return -1;
     Py_XSETREF(cached_settings.object, Py_NewRef(settings));
-    cached_settings.header_bytes = values[0];
-    cached_settings.server_port = values[1] != 0;
-    cached_settings.mask_addresses = values[2] != 0;
-    cached_settings.mask_capture_fields = values[3] != 0;
-    cached_settings.context = values[4] != 0;
-    cached_settings.port_buckets = values[5];
+    cached_settings.values = values;
     return 0;
 }
 
@@ -546,31 +579,13 @@ static int long_field(PyObject *obj, long *out)
     return (*out == -1 && PyErr_Occurred()) ? -1 : 0;
 }
 
-/* vectorize(pkt, server_is_dst, settings, gap_s, port_block) -> bytes
- *
- * edge_etc.preprocess.vectorize for a Packet of this module; see that function and the
- * module docstring of edge_etc/preprocess.py for the layout and the masking rules. */
-static PyObject *fast_vectorize(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+int fp_view_of_packet(PyObject *obj, fp_packet_view *view)
 {
-    (void)module;
-    if (nargs != 5) {
-        PyErr_SetString(PyExc_TypeError, "vectorize() takes 5 arguments");
-        return NULL;
+    if (!PyObject_TypeCheck(obj, &FpPacketType)) {
+        PyErr_SetString(PyExc_TypeError, "expected a Packet of edge_etc._fastpath");
+        return -1;
     }
-    if (!PyObject_TypeCheck(args[0], &PacketType)) {
-        PyErr_SetString(PyExc_TypeError, "vectorize() needs a Packet of edge_etc._fastpath");
-        return NULL;
-    }
-    PacketObject *pkt = (PacketObject *)args[0];
-    int server_is_dst = PyObject_IsTrue(args[1]);
-    if (server_is_dst < 0 || read_settings(args[2]) < 0)
-        return NULL;
-    double gap_s = PyFloat_AsDouble(args[3]);
-    if (gap_s == -1.0 && PyErr_Occurred())
-        return NULL;
-    int port_block = PyObject_IsTrue(args[4]);
-    if (port_block < 0)
-        return NULL;
+    PacketObject *pkt = (PacketObject *)obj;
     /* A field deleted with `del` is NULL. ts, src, dst and truncated are not read. */
     PyObject **slots = packet_slots(pkt);
     for (int i = 0; i < PACKET_FIELDS; i++) {
@@ -578,41 +593,71 @@ static PyObject *fast_vectorize(PyObject *module, PyObject *const *args, Py_ssiz
             &slots[i] != &pkt->dst && &slots[i] != &pkt->truncated) {
             PyErr_Format(PyExc_AttributeError, "Packet field %s was deleted",
                          packet_members[i].name);
-            return NULL;
+            return -1;
         }
     }
     if (!PyBytes_Check(pkt->ip)) {
         PyErr_SetString(PyExc_TypeError, "Packet.ip must be bytes");
-        return NULL;
+        return -1;
     }
-    long l4_field, l4_len_field, proto, version, payload_len, sport, dport, flags;
+    long l4_field, l4_len_field, payload_len;
     if (long_field(pkt->l4_offset, &l4_field) || long_field(pkt->l4_len, &l4_len_field) ||
-        long_field(pkt->proto, &proto) || long_field(pkt->version, &version) ||
-        long_field(pkt->payload_len, &payload_len) || long_field(pkt->sport, &sport) ||
-        long_field(pkt->dport, &dport) || long_field(pkt->tcp_flags, &flags))
-        return NULL;
-    if (l4_field < 0 || l4_len_field < 0 || payload_len < 0 || sport < 0 || sport > 65535 ||
-        dport < 0 || dport > 65535 || flags < 0 || flags > 255) {
+        long_field(pkt->proto, &view->proto) || long_field(pkt->version, &view->version) ||
+        long_field(pkt->payload_len, &payload_len) || long_field(pkt->sport, &view->sport) ||
+        long_field(pkt->dport, &view->dport) || long_field(pkt->tcp_flags, &view->flags))
+        return -1;
+    if (l4_field < 0 || l4_len_field < 0 || payload_len < 0 || view->sport < 0 ||
+        view->sport > 65535 || view->dport < 0 || view->dport > 65535 || view->flags < 0 ||
+        view->flags > 255) {
         PyErr_SetString(PyExc_ValueError, "Packet field out of range");
-        return NULL;
+        return -1;
     }
-    /* Offsets are added below (l4 + l4_len, l4 + 20). An offset past both the packet and the
-     * vector gives the same bytes whatever its value, so clamping it to FAR_OFFSET keeps the
-     * result Python's and the sums far from overflow, also where long has 32 bits. */
-    const Py_ssize_t FAR_OFFSET = PY_SSIZE_T_MAX / 4;
-    const Py_ssize_t l4 = l4_field < FAR_OFFSET ? (Py_ssize_t)l4_field : FAR_OFFSET;
-    const Py_ssize_t l4_len = l4_len_field < FAR_OFFSET ? (Py_ssize_t)l4_len_field : FAR_OFFSET;
+    view->l4 = l4_field < FP_FAR_OFFSET ? (Py_ssize_t)l4_field : FP_FAR_OFFSET;
+    view->l4_len = l4_len_field < FP_FAR_OFFSET ? (Py_ssize_t)l4_len_field : FP_FAR_OFFSET;
+    view->payload_len = payload_len;
+    view->ip = (const unsigned char *)PyBytes_AS_STRING(pkt->ip);
+    view->n = PyBytes_GET_SIZE(pkt->ip);
+    return 0;
+}
 
-    const Py_ssize_t size = cached_settings.header_bytes;
-    const long buckets = cached_settings.context && port_block ? cached_settings.port_buckets : 0;
-    const Py_ssize_t total = size + (cached_settings.context ? 8 : 0) + buckets;
-    PyObject *out = PyBytes_FromStringAndSize(NULL, total);
-    if (out == NULL)
-        return NULL;
-    unsigned char *v = (unsigned char *)PyBytes_AS_STRING(out);
-    memset(v, 0, total);
-    const unsigned char *ip = (const unsigned char *)PyBytes_AS_STRING(pkt->ip);
-    const Py_ssize_t n = PyBytes_GET_SIZE(pkt->ip);
+int fp_packet_endpoints(PyObject *obj, double *ts, const unsigned char **src,
+                        const unsigned char **dst, Py_ssize_t *addr_len)
+{
+    PacketObject *pkt = (PacketObject *)obj;  /* fp_view_of_packet checked the type */
+    if (pkt->ts == NULL || pkt->src == NULL || pkt->dst == NULL || !PyBytes_Check(pkt->src) ||
+        !PyBytes_Check(pkt->dst) || PyBytes_GET_SIZE(pkt->src) != PyBytes_GET_SIZE(pkt->dst) ||
+        (PyBytes_GET_SIZE(pkt->src) != 4 && PyBytes_GET_SIZE(pkt->src) != 16)) {
+        PyErr_SetString(PyExc_ValueError, "Packet addresses must be two bytes of 4 or 16 bytes");
+        return -1;
+    }
+    *ts = PyFloat_AsDouble(pkt->ts);
+    if (*ts == -1.0 && PyErr_Occurred())
+        return -1;
+    *src = (const unsigned char *)PyBytes_AS_STRING(pkt->src);
+    *dst = (const unsigned char *)PyBytes_AS_STRING(pkt->dst);
+    *addr_len = PyBytes_GET_SIZE(pkt->src);
+    return 0;
+}
+
+Py_ssize_t fp_vector_length(const fp_settings *s, int port_block)
+{
+    if (!s->context)
+        return s->header_bytes;
+    return s->header_bytes + FP_CONTEXT_BYTES + (port_block ? s->port_buckets : 0);
+}
+
+/* edge_etc.preprocess.vectorize; see that function and the module docstring of
+ * edge_etc/preprocess.py for the layout and the masking rules. */
+int fp_vectorize_into(unsigned char *v, const fp_settings *s, const fp_packet_view *p,
+                      int server_is_dst, double gap_s, int port_block)
+{
+    const Py_ssize_t l4 = p->l4, l4_len = p->l4_len;
+    const long proto = p->proto;
+    const Py_ssize_t size = s->header_bytes;
+    const long buckets = s->context && port_block ? s->port_buckets : 0;
+    memset(v, 0, fp_vector_length(s, port_block));
+    const unsigned char *ip = p->ip;
+    const Py_ssize_t n = p->n;
 
     /* Copy the captured bytes; a UDP header is followed by 12 zero bytes. */
     if (proto == 17) {
@@ -638,10 +683,10 @@ static PyObject *fast_vectorize(PyObject *module, PyObject *const *args, Py_ssiz
         Py_ssize_t client_at = server_is_dst ? l4 : l4 + 2;
         Py_ssize_t server_at = server_is_dst ? l4 + 2 : l4;
         v[client_at] = v[client_at + 1] = 0;
-        if (!cached_settings.server_port)
+        if (!s->server_port)
             v[server_at] = v[server_at + 1] = 0;
     }
-    if (cached_settings.mask_capture_fields) {
+    if (s->mask_capture_fields) {
         if (proto == 6) {
             Py_ssize_t end = l4 + l4_len < size ? l4 + l4_len : size;
             zero_range(v, l4 + 4, l4 + 12, size);
@@ -651,7 +696,7 @@ static PyObject *fast_vectorize(PyObject *module, PyObject *const *args, Py_ssiz
         else {
             zero_range(v, l4 + 6, l4 + 8, size);
         }
-        if (version == 4) {
+        if (p->version == 4) {
             v[1] = 0;
             zero_range(v, 4, 12, size);
             v[9] = (unsigned char)proto;
@@ -663,14 +708,14 @@ static PyObject *fast_vectorize(PyObject *module, PyObject *const *args, Py_ssiz
             v[7] = 0;
         }
     }
-    if (cached_settings.mask_addresses) {
-        if (version == 4)
+    if (s->mask_addresses) {
+        if (p->version == 4)
             zero_range(v, 12, 20, size);
         else
             zero_range(v, 8, 40, size);
     }
 
-    if (cached_settings.context) {
+    if (s->context) {
         unsigned char *c = v + size;
         long gap = 0;
         if (gap_s > 0 || isnan(gap_s)) {
@@ -683,26 +728,63 @@ static PyObject *fast_vectorize(PyObject *module, PyObject *const *args, Py_ssiz
                     PyErr_SetString(PyExc_ValueError, "cannot convert float NaN to integer");
                 else
                     PyErr_SetString(PyExc_OverflowError, "cannot convert float infinity to integer");
-                Py_DECREF(out);
-                return NULL;
+                return -1;
             }
             gap = g > 255 ? 255 : (long)g;
         }
-        long length = payload_len < 65535 ? payload_len : 65535;
-        double s = rint(16.0 * log2(1.0 + (double)length));
+        long long length = p->payload_len < 65535 ? p->payload_len : 65535;
+        double size_byte = rint(16.0 * log2(1.0 + (double)length));
         long port = 0;
-        if (cached_settings.server_port)
-            port = server_is_dst ? dport : sport;
+        if (s->server_port)
+            port = server_is_dst ? p->dport : p->sport;
         c[0] = server_is_dst ? 0 : 255;
         c[1] = (unsigned char)gap;
-        c[2] = (unsigned char)(s > 255 ? 255 : (long)s);
+        c[2] = (unsigned char)(size_byte > 255 ? 255 : (long)size_byte);
         c[3] = (unsigned char)(length >> 8);
         c[4] = (unsigned char)(length & 0xFF);
         c[5] = (unsigned char)(port >> 8);
         c[6] = (unsigned char)(port & 0xFF);
-        c[7] = (unsigned char)flags;
+        c[7] = (unsigned char)p->flags;
         if (buckets)
-            c[8 + (long)((((uint64_t)port * 2654435761u) & 0xFFFFFFFFu) % (uint64_t)buckets)] = 255;
+            c[FP_CONTEXT_BYTES + (long)((((uint64_t)port * 2654435761u) & 0xFFFFFFFFu) % (uint64_t)buckets)] = 255;
+    }
+    return 0;
+}
+
+/* vectorize(pkt, server_is_dst, settings, gap_s, port_block) -> bytes
+ *
+ * edge_etc.preprocess.vectorize for a Packet of this module. */
+static PyObject *fast_vectorize(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)module;
+    if (nargs != 5) {
+        PyErr_SetString(PyExc_TypeError, "vectorize() takes 5 arguments");
+        return NULL;
+    }
+    if (!PyObject_TypeCheck(args[0], &FpPacketType)) {
+        PyErr_SetString(PyExc_TypeError, "vectorize() needs a Packet of edge_etc._fastpath");
+        return NULL;
+    }
+    int server_is_dst = PyObject_IsTrue(args[1]);
+    if (server_is_dst < 0 || read_cached_settings(args[2]) < 0)
+        return NULL;
+    double gap_s = PyFloat_AsDouble(args[3]);
+    if (gap_s == -1.0 && PyErr_Occurred())
+        return NULL;
+    int port_block = PyObject_IsTrue(args[4]);
+    if (port_block < 0)
+        return NULL;
+    fp_packet_view view;
+    if (fp_view_of_packet(args[0], &view) < 0)
+        return NULL;
+    const fp_settings *s = &cached_settings.values;
+    PyObject *out = PyBytes_FromStringAndSize(NULL, fp_vector_length(s, port_block));
+    if (out == NULL)
+        return NULL;
+    if (fp_vectorize_into((unsigned char *)PyBytes_AS_STRING(out), s, &view, server_is_dst,
+                          gap_s, port_block) < 0) {
+        Py_DECREF(out);
+        return NULL;
     }
     return out;
 }
@@ -728,13 +810,14 @@ static struct PyModuleDef module_def = {
 
 PyMODINIT_FUNC PyInit__fastpath(void)
 {
-    if (PyType_Ready(&PacketType) < 0 || PyType_Ready(&SlicerType) < 0)
+    if (PyType_Ready(&FpPacketType) < 0 || PyType_Ready(&SlicerType) < 0 || fp_engine_ready() < 0)
         return NULL;
     PyObject *m = PyModule_Create(&module_def);
     if (m == NULL)
         return NULL;
-    if (PyModule_AddObjectRef(m, "Packet", (PyObject *)&PacketType) < 0 ||
-        PyModule_AddObjectRef(m, "PcapSlicer", (PyObject *)&SlicerType) < 0) {
+    if (PyModule_AddObjectRef(m, "Packet", (PyObject *)&FpPacketType) < 0 ||
+        PyModule_AddObjectRef(m, "PcapSlicer", (PyObject *)&SlicerType) < 0 ||
+        PyModule_AddObjectRef(m, "Engine", (PyObject *)&FpEngineType) < 0) {
         Py_DECREF(m);
         return NULL;
     }

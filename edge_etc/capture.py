@@ -186,7 +186,7 @@ def run_live(handle, pipeline, control, flush):
                     process(ts, linktype, frame, None)
                 if control.stop:
                     break
-        pipeline.table.advance(time.time())  # expire idle flows even when the link is quiet
+        pipeline.advance(time.time())  # expire idle flows even when the link is quiet
         pipeline.infer()
         flush()
         control.tick()

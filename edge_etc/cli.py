@@ -169,7 +169,8 @@ def _run(pcap_file, iface, settings, strict):
     from .infer import Classifier
     from .model import default_model_path, load_model_info
     from .outputs import Outputs, drop_privileges
-    from .runner import Pipeline, run_file  # noqa: F401 (for _classify, before --user)
+    from . import engine  # noqa: F401 (imported by make_pipeline, here before --user)
+    from .runner import make_pipeline, run_file  # noqa: F401 (for _classify, before --user)
 
     # Open the input first: a bad file name is the most common mistake and needs no model.
     capture = handle = keep = None
@@ -214,7 +215,7 @@ def _run(pcap_file, iface, settings, strict):
 
 
 def _classify(pcap_file, capture, handle, keep, settings, strict, model, classifier, outputs):
-    from .runner import Pipeline, run_file
+    from .runner import make_pipeline, run_file
 
     pre = model.preprocessing
     # 14 bytes: the smallest common link header (Ethernet) before the IP header.
@@ -224,9 +225,9 @@ def _classify(pcap_file, capture, handle, keep, settings, strict, model, classif
                     pcap_file, capture.snaplen, pre.vector_bytes)
 
     flows = settings.flows
-    pipeline = Pipeline(classifier, outputs, max_flows=flows.max_flows,
-                        idle_timeout_s=flows.idle_timeout_s, max_windows=flows.max_windows,
-                        batch_size=settings.model.batch_size)
+    pipeline = make_pipeline(classifier, outputs, max_flows=flows.max_flows,
+                             idle_timeout_s=flows.idle_timeout_s, max_windows=flows.max_windows,
+                             batch_size=settings.model.batch_size)
     outputs.attach(pipeline)
     control = Control(pipeline.log_summary, outputs.reopen)
     try:
@@ -385,7 +386,11 @@ def train(corpus, seed, vector_bytes, window_rule, no_server_port, context, port
 @click.option("-o", "--output", metavar="DIR", default="evaluation", show_default=True,
               help="Folder for evaluation.json, evaluation.txt and confusion matrices.")
 @click.option("--preset", type=click.Choice(["full", "ci"]), default="full", show_default=True,
-              help="full: 5 folds, 15 epochs; ci: 2 folds, 2 epochs, 30 captures.")
+              help="full: 5 folds, 15 epochs, 3 training repeats; ci: 2 folds, 2 epochs, 30 "
+                   "captures, 1 repeat.")
+@click.option("--repeats", type=click.IntRange(1, 100), default=None,
+              help="Train and score every network on the same folds this many times with "
+                   "different seeds, and report the mean [default: the preset's].")
 @click.option("--window-packets", type=click.IntRange(1, 16), default=None,
               help="Packets per window (ablation: 1, 2, 3, 5).")
 @click.option("--no-mask-addresses", is_flag=True, help="Ablation: leave IP addresses visible.")
@@ -403,8 +408,8 @@ def train(corpus, seed, vector_bytes, window_rule, no_server_port, context, port
                    "to the class's captures (or flows) [default: 0.5].")
 @_verbosity
 def evaluate(corpus, seed, vector_bytes, window_rule, no_server_port, context, port_buckets, output,
-             preset, window_packets, no_mask_addresses, max_windows, first_only, baselines, int8,
-             weighting, class_weight_power, verbose, quiet):
+             preset, repeats, window_packets, no_mask_addresses, max_windows, first_only, baselines,
+             int8, weighting, class_weight_power, verbose, quiet):
     """Cross-validate the CNN-LSTM by capture file, with baselines and ablations."""
     setup_logging(verbose, quiet)
     mod = _training_module("evaluate")
@@ -412,7 +417,7 @@ def evaluate(corpus, seed, vector_bytes, window_rule, no_server_port, context, p
         mod.evaluate_command(corpus, output, preset, seed, vector_bytes, window_rule, no_server_port,
                              no_mask_addresses, context, window_packets, max_windows, first_only,
                              baselines, int8, port_buckets=port_buckets,
-                             class_power=class_weight_power, weighting=weighting)
+                             class_power=class_weight_power, weighting=weighting, repeats=repeats)
     except EdgeEtcError as e:
         fail(str(e), e.exit_code)
 

@@ -388,6 +388,15 @@ class Outputs:
         if self.syslog is not None:
             self.syslog(record)
 
+    def text_writer(self):
+        """Return a callable that writes records formatted as JSON lines text, or None when
+        the records must come as dicts: with anonymizing, syslog or Prometheus, which read
+        the fields, or with no JSON lines output."""
+        if (self.json_lines is None or self.anonymizer is not None or self.syslog is not None
+                or self.prometheus is not None):
+            return None
+        return self.json_lines.text_writer()
+
     def flush(self):
         if self.json_lines is not None:
             self.json_lines.flush()

@@ -211,42 +211,69 @@ class Pipeline:
 
     def summary(self):
         """Return the run's counters as one dict."""
-        s = self.stats
-        t = self.table
-        out = {
-            "records": s.records,
-            "filtered": s.filtered,
-            "packets": s.packets,
-            "flows": t.flows_created,
-            "open_flows": len(t),
-            "windows": s.windows,
-            "classified": s.classified,
-            "relabelled": s.relabelled,
-            "too_short": s.too_short,
-            "skipped": sum(s.skipped.values()),
-            "malformed": sum(s.malformed.values()),
-            "evictions": t.evictions,
-            "expired": t.expirations,
-            "fragments_dropped": sum(self.decoder.reassembler.dropped.values()),
-        }
-        if s.capture_drops is not None:
-            out["capture_drops"], out["interface_drops"] = s.capture_drops
-        return out
+        return summary_of(self.stats, self.stats, self.table, self.decoder)
 
     def log_summary(self):
         """Log the summary: one key=value line, then one line per skip reason."""
-        summary = self.summary()
-        log.info("summary: %s", " ".join(f"{k}={v}" for k, v in summary.items()))
-        for label, table in (("skipped", self.stats.skipped), ("malformed", self.stats.malformed),
-                             ("fragments dropped", self.decoder.reassembler.dropped)):
-            for reason, count in sorted(table.items(), key=lambda kv: -kv[1]):
-                log.info("  %s: %s: %d", label, reason, count)
-        if self.table.time_jumps_back or self.table.time_jumps_forward:
-            log.info("  packets stamped more than 1 s before the clock: %d; forward jumps over "
-                     "10 idle timeouts: %d", self.table.time_jumps_back, self.table.time_jumps_forward)
-        if self.stats.stopped:
-            log.info("  reading stopped early: %s", self.stats.stopped)
-        return summary
+        return log_summary_lines(self.summary(), self.stats, self.decoder,
+                                 self.table.time_jumps_back, self.table.time_jumps_forward)
+
+    def advance(self, now):
+        """Move the flow table's clock to `now` (a live link's wall clock)."""
+        self.table.advance(now)
+
+
+def summary_of(stats, counters, table, decoder):
+    """Return a run's counters as one dict.
+
+    `counters` has the counts of packets, windows, classified, relabelled and too_short
+    (a `Stats` or an engine), `table` those of flows_created, evictions and expirations and
+    the open flows as its length (a `FlowTable` or an engine).
+    """
+    out = {
+        "records": stats.records,
+        "filtered": stats.filtered,
+        "packets": counters.packets,
+        "flows": table.flows_created,
+        "open_flows": len(table),
+        "windows": counters.windows,
+        "classified": counters.classified,
+        "relabelled": counters.relabelled,
+        "too_short": counters.too_short,
+        "skipped": sum(stats.skipped.values()),
+        "malformed": sum(stats.malformed.values()),
+        "evictions": table.evictions,
+        "expired": table.expirations,
+        "fragments_dropped": sum(decoder.reassembler.dropped.values()),
+    }
+    if stats.capture_drops is not None:
+        out["capture_drops"], out["interface_drops"] = stats.capture_drops
+    return out
+
+
+def log_summary_lines(summary, stats, decoder, time_jumps_back, time_jumps_forward):
+    """Log a pipeline's summary: one key=value line, then one line per skip reason."""
+    log.info("summary: %s", " ".join(f"{k}={v}" for k, v in summary.items()))
+    for label, table in (("skipped", stats.skipped), ("malformed", stats.malformed),
+                         ("fragments dropped", decoder.reassembler.dropped)):
+        for reason, count in sorted(table.items(), key=lambda kv: -kv[1]):
+            log.info("  %s: %s: %d", label, reason, count)
+    if time_jumps_back or time_jumps_forward:
+        log.info("  packets stamped more than 1 s before the clock: %d; forward jumps over "
+                 "10 idle timeouts: %d", time_jumps_back, time_jumps_forward)
+    if stats.stopped:
+        log.info("  reading stopped early: %s", stats.stopped)
+    return summary
+
+
+def make_pipeline(classifier, write, **options):
+    """Return the pipeline of a run: `EnginePipeline` (the compiled flow engine) where the
+    extension is built and enabled, else `Pipeline`. `options` are Pipeline's."""
+    from . import engine
+
+    if engine.available():
+        return engine.EnginePipeline(classifier, write, **options)
+    return Pipeline(classifier, write, **options)
 
 
 class JsonLines:
@@ -261,6 +288,15 @@ class JsonLines:
     def __call__(self, record):
         self.f.write(json.dumps(record, separators=(", ", ": ")) + "\n")
         self.lines += 1
+
+    def write_text(self, text, lines):
+        """Write `lines` records already formatted as JSON lines text."""
+        self.f.write(text)
+        self.lines += lines
+
+    def text_writer(self):
+        """Return the callable that takes records as JSON lines text (see `write_text`)."""
+        return self.write_text
 
     def flush(self):
         self.f.flush()
@@ -287,8 +323,13 @@ def run_file(pipeline, capture, control, keep=None):
     `control.stop` is checked every 4,096 records so a signal ends a long file quickly, and
     `control.tick()` runs there too (signal requests such as a summary or a reopen).
     `keep(linktype, frame)`, when given, is a BPF filter: rejected records are counted in
-    `pipeline.stats.records` and `pipeline.stats.filtered` and not decoded.
+    `pipeline.stats.records` and `pipeline.stats.filtered` and not decoded. A pipeline with
+    a `read_capture` method (`edge_etc.engine.EnginePipeline`) reads the file itself.
     """
+    read_capture = getattr(pipeline, "read_capture", None)
+    if read_capture is not None:
+        read_capture(capture, control, keep)
+        return
     process = pipeline.process
     stats = pipeline.stats
     count = 0

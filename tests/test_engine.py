@@ -1,0 +1,364 @@
+"""The compiled flow engine (edge_etc/_engine.c) against the pure-Python pipeline.
+
+The Python `Pipeline` and `FlowTable` are the reference. The whole-run checks run the same
+driver (this file's `main`) twice in subprocesses, once with EDGE_ETC_PURE_PYTHON=1, over
+every capture in tests/data/cases, the captures that tests/data/own/make_own.py builds,
+the hard inputs in ../shared/cases and the corpus when present. Per capture and per table
+configuration they compare the output lines, a hash of every window the model is given,
+the summary, the skip and malformed reasons and the reader's stop message. Other checks run
+`edge-etc run` itself both ways.
+"""
+
+import glob
+import hashlib
+import io
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "tests"))
+sys.path.insert(0, os.path.join(ROOT, "tests", "data", "own"))
+sys.path.insert(0, os.path.join(ROOT, "tests", "data"))
+
+from edge_etc import engine, fastpath  # noqa: E402
+from edge_etc.preprocess import Preprocessing  # noqa: E402
+
+CASES = os.path.join(ROOT, "tests", "data", "cases")
+SHARED_CASES = os.path.normpath(os.path.join(ROOT, "..", "shared", "cases", "inputs"))
+CORPUS = os.environ.get("EDGE_ETC_CORPUS") or os.path.normpath(os.path.join(ROOT, "..", "shared", "corpus"))
+CAPTURE_SUFFIXES = (".pcap", ".pcapng", ".cap", ".gz", ".bz2", ".xz")
+
+# Table configurations of the whole-run comparison: the defaults, averaged decisions, and a
+# small tables, short idle timeouts and odd batch sizes, so that eviction, expiry,
+# relabelling and windows of evicted flows waiting for inference all occur.
+CONFIGS = {
+    "default": dict(max_flows=65536, idle_timeout_s=120.0, max_windows=1, batch_size=64),
+    "five_windows": dict(max_flows=65536, idle_timeout_s=120.0, max_windows=5, batch_size=64),
+    "small_table": dict(max_flows=50, idle_timeout_s=2.0, max_windows=5, batch_size=7),
+    "small_table_one_window": dict(max_flows=50, idle_timeout_s=2.0, max_windows=1,
+                                   batch_size=256),
+    "tiny_table_dicts": dict(max_flows=3, idle_timeout_s=0.5, max_windows=3, batch_size=1),
+    "short_idle": dict(max_flows=65536, idle_timeout_s=0.5, max_windows=2, batch_size=64),
+}
+
+needs_engine = pytest.mark.skipif(not engine.available(),
+                                  reason="edge_etc._fastpath is not built or is disabled")
+
+
+def capture_files(folder):
+    return sorted(p for p in glob.glob(os.path.join(folder, "**", "*"), recursive=True)
+                  if os.path.isfile(p) and p.endswith(CAPTURE_SUFFIXES))
+
+
+def run_driver(paths, pure, out_path, configs):
+    env = dict(os.environ)
+    env[fastpath.DISABLE_VARIABLE] = "1" if pure else "0"
+    with open(out_path, "w") as listing:
+        listing.write("\n".join(paths))
+    result = subprocess.run([sys.executable, os.path.abspath(__file__), out_path, *configs],
+                            env=env, capture_output=True, text=True, timeout=1800)
+    assert result.returncode == 0, result.stderr[-3000:]
+    with open(out_path + ".out") as f:
+        return f.read().splitlines()
+
+
+def compare_runs(paths, tmp_path, configs=tuple(CONFIGS)):
+    """Run the driver both ways and assert identical output; return the pure run's lines."""
+    fast = run_driver(paths, False, str(tmp_path / "engine"), configs)
+    slow = run_driver(paths, True, str(tmp_path / "pure"), configs)
+    assert fast[0].startswith("# pipeline: EnginePipeline"), fast[0]
+    assert slow[0].startswith("# pipeline: Pipeline"), slow[0]
+    assert len(fast) == len(slow)
+    current = None
+    for fast_line, slow_line in zip(fast[1:], slow[1:]):
+        if slow_line.startswith("# file "):
+            current = slow_line
+        assert fast_line == slow_line, f"first difference in {current}"
+    return slow
+
+
+def count_records(lines):
+    return sum(1 for line in lines if line.startswith('{"ts"'))
+
+
+def write_many_flows(folder):
+    """Write two captures of many flows: 3,000 interleaved TLS- and QUIC-like flows of 3 to
+    7 packets (benchmarks/gen_flows.py), and a SYN flood of 20,000 one-packet flows over
+    20 s followed by two TLS flows (tests/data/make_syn_flood.py). Return their paths."""
+    import make_syn_flood
+
+    flows = os.path.join(folder, "flows_3k.pcap")
+    subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "gen_flows.py"), "--flows",
+                    "3000", "--seed", "5", "--out", flows], check=True, capture_output=True,
+                   cwd=os.path.join(ROOT, "benchmarks"))
+    flood = os.path.join(folder, "syn_flood_20k.pcap")
+    make_syn_flood.write(flood, 20_000)
+    return [flows, flood]
+
+
+# --- whole runs, engine against Python ----------------------------------------------------
+
+@needs_engine
+def test_runs_identical_on_cases_and_own_inputs(tmp_path):
+    import make_own
+    own = tmp_path / "own"
+    own.mkdir()
+    make_own.write_all(str(own))
+    many = write_many_flows(str(tmp_path))
+    lines = compare_runs(capture_files(CASES) + capture_files(str(own)) + many, tmp_path)
+    assert count_records(lines) > 200
+    # The small tables must really evict, expire and relabel, or they test nothing.
+    summaries = [json.loads(line[len("# summary "):]) for line in lines
+                 if line.startswith("# summary ")]
+    assert sum(s["evictions"] for s in summaries) > 100
+    assert sum(s["expired"] for s in summaries) > 100
+    assert sum(s["relabelled"] for s in summaries) > 0
+    assert sum(s["malformed"] for s in summaries) > 0
+
+
+@needs_engine
+def test_runs_identical_on_shared_cases(tmp_path):
+    if not os.path.isdir(SHARED_CASES):
+        pytest.skip(f"hard inputs not present at {SHARED_CASES}")
+    paths = capture_files(SHARED_CASES)
+    assert paths, f"no captures under {SHARED_CASES}"
+    compare_runs(paths, tmp_path)
+
+
+@needs_engine
+@pytest.mark.corpus
+def test_runs_identical_on_whole_corpus(tmp_path):
+    if not os.path.isdir(CORPUS):
+        pytest.skip(f"corpus not present at {CORPUS}")
+    paths = capture_files(CORPUS)
+    assert paths, f"no captures under {CORPUS}"
+    lines = compare_runs(paths, tmp_path)
+    assert count_records(lines) > 1000
+
+
+# --- edge-etc run, engine against Python ----------------------------------------------------
+
+def run_cli_both(args, tmp_path):
+    """Run `edge-etc run ARGS` with the engine and with EDGE_ETC_PURE_PYTHON=1; return the
+    (stdout, summary lines of stderr, packet path line) of each."""
+    results = []
+    for pure in (False, True):
+        env = dict(os.environ)
+        env[fastpath.DISABLE_VARIABLE] = "1" if pure else "0"
+        done = subprocess.run([sys.executable, "-m", "edge_etc", "run", *args], env=env,
+                              capture_output=True, text=True, timeout=600, cwd=str(tmp_path))
+        assert done.returncode == 0, done.stderr[-2000:]
+        summary = [line for line in done.stderr.splitlines()
+                   if "summary:" in line or line.startswith("edge-etc: INFO:   ")]
+        path_line = next(line for line in done.stderr.splitlines() if "packet path:" in line)
+        results.append((done.stdout, summary, path_line))
+    return results
+
+
+CLI_CASES = [
+    ("eth_tls_2flows.pcap", []),
+    ("pcapng_two_linktypes.pcapng", ["--max-windows", "5"]),
+    ("malformed_headers_mix.pcap", ["--max-flows", "50", "--idle-timeout", "2"]),
+    ("ipv4_fragments_udp443.pcap", ["--max-windows", "5", "--batch-size", "3"]),
+    ("out_of_order_timestamps.pcap", ["--max-flows", "2", "--idle-timeout", "1"]),
+    ("eth_tls_2flows.pcap.gz", ["--filter", "tcp port 443"]),
+    ("dns_ntp_mdns_noise_plus_1tls.pcap", ["--anonymize", "--anonymize-key", "KEY"]),
+]
+
+
+@needs_engine
+@pytest.mark.parametrize("name,args", CLI_CASES, ids=[c[0] + " " + " ".join(c[1]) for c in CLI_CASES])
+def test_cli_output_identical(name, args, tmp_path):
+    (tmp_path / "KEY").write_bytes(b"k" * 32)
+    (fast_out, fast_summary, fast_path), (slow_out, slow_summary, slow_path) = run_cli_both(
+        ["--pcap", os.path.join(CASES, name), *args], tmp_path)
+    assert "compiled flow engine" in fast_path
+    assert "pure Python" in slow_path
+    assert fast_out == slow_out
+    assert fast_summary == slow_summary
+
+
+@needs_engine
+def test_cli_many_flows_identical(tmp_path):
+    flows, flood = write_many_flows(str(tmp_path))
+    for args in (["--pcap", flows, "--max-flows", "200", "--max-windows", "5"],
+                 ["--pcap", flood, "--max-flows", "50", "--idle-timeout", "1"]):
+        (fast_out, fast_summary, _), (slow_out, slow_summary, _) = run_cli_both(args, tmp_path)
+        assert fast_out == slow_out, args
+        assert fast_summary == slow_summary, args
+    assert fast_out.count("\n") >= 2
+
+
+# --- the engine's interface ---------------------------------------------------------------
+
+SETTINGS = Preprocessing(vector_bytes=96, context=True, port_buckets=8, window_rule="all")
+
+
+def ethernet_tcp(sport, dport, payload=b"x" * 40, flags=0x18):
+    """Return an Ethernet frame of an IPv4 TCP packet from 10.0.0.1 to 10.0.0.2."""
+    ip_len = 40 + len(payload)
+    ip = (b"\x45\x00" + ip_len.to_bytes(2, "big") + bytes(4) + b"\x40\x06\x00\x00" +
+          bytes([10, 0, 0, 1]) + bytes([10, 0, 0, 2]))
+    tcp = (sport.to_bytes(2, "big") + dport.to_bytes(2, "big") + bytes(8) + b"\x50" +
+           bytes([flags]) + bytes(6))
+    return bytes(12) + b"\x08\x00" + ip + tcp + payload
+
+
+@needs_engine
+def test_engine_rejects_packets_when_pending_full():
+    e = engine.new_engine(SETTINGS, 10, 60.0, 1, 1, decisions=False, serials=True)
+    frame = ethernet_tcp(40000, 443)
+    for i in range(3):
+        assert e.process(float(i), 1, frame, len(frame))
+    assert e.pending == 1
+    with pytest.raises(RuntimeError, match="pending windows are full"):
+        e.process(3.0, 1, frame, len(frame))
+    windows, flows = e.take_windows()
+    assert len(windows) == e.window_bytes
+    assert flows == [(1, 6, bytes([10, 0, 0, 1]), 40000, bytes([10, 0, 0, 2]), 443)]
+    assert e.process(3.0, 1, frame, len(frame))
+
+
+@needs_engine
+def test_engine_hands_back_unusual_frames():
+    e = engine.new_engine(SETTINGS, 10, 60.0, 1, 4, decisions=False)
+    arp = bytes(12) + b"\x08\x06" + bytes(28)
+    assert e.process(1.0, 1, arp, len(arp)) is False
+    assert e.packets == 0
+    assert e.process(1.0, 9999, ethernet_tcp(1, 2), 60) is False
+    assert e.process(1, 1, ethernet_tcp(1, 2), 60) is False  # an int time stamp: Python's
+
+
+@needs_engine
+def test_engine_windows_as_uint8_rows():
+    e = engine.new_engine(SETTINGS, 10, 60.0, 5, 8, decisions=False)
+    frame = ethernet_tcp(40000, 443)
+    for i in range(4):
+        e.process(float(i), 1, frame, len(frame))
+    rows = np.frombuffer(e, dtype=np.uint8).reshape(e.capacity, e.window_bytes)[:e.pending]
+    windows, _ = e.take_windows()
+    assert rows.shape == (2, 3 * SETTINGS.vector_bytes)
+    assert windows == rows.tobytes()
+
+
+@needs_engine
+def test_engine_state_per_flow_is_small():
+    """A flow that has made its window keeps no vectors: the fixed slot is all it costs."""
+    e = engine.new_engine(Preprocessing(), 200000, 60.0, 1, 1 << 16, decisions=False)
+    for port in range(1024, 1024 + 20000):
+        frame = ethernet_tcp(port, 443)
+        for i in range(3):
+            e.process(float(i), 1, frame, len(frame))
+        if e.pending > 60000:
+            e.take_windows()
+    memory = e.memory()
+    assert len(e) == 20000
+    assert memory["vector_buffers_in_use"] == 0
+    per_flow = (memory["flow_slots"] + memory["hash_buckets"]) / len(e)
+    assert memory["flow_slot_bytes"] <= 128
+    assert per_flow < 256, memory
+
+
+def test_predict_array_matches_byte_strings():
+    """Classifier.predict gives the same probabilities for a 2-D uint8 array as for byte
+    strings, and its addition shortcut for an affine input table equals the table lookup."""
+    from edge_etc.infer import Classifier
+    from edge_etc.model import default_model_path, load_model_info
+
+    model = load_model_info(default_model_path())
+    classifier = Classifier(model, batch_size=16)
+    rng = np.random.default_rng(3)
+    rows = rng.integers(0, 256, size=(40, classifier.window_shape[0] * classifier.window_shape[1]),
+                        dtype=np.uint8)
+    from_array = classifier.predict(rows)
+    from_bytes = classifier.predict([row.tobytes() for row in rows])
+    assert np.array_equal(from_array, from_bytes)
+    offset = classifier._lut_offset
+    classifier._lut_offset = None
+    from_table = classifier.predict(rows)
+    assert np.array_equal(from_array, from_table)
+    classifier._lut_offset = offset
+
+
+# --- the driver, run in a subprocess --------------------------------------------------------
+
+def main(listing, config_names):
+    """Run the runner's pipeline over every capture named in `listing` with each table
+    configuration, and write per capture its records, a hash of the windows the model got,
+    its counters and the reader's stop message."""
+    from edge_etc.capfile import CaptureFile
+    from edge_etc.errors import CaptureFileError
+    from edge_etc.infer import Classifier
+    from edge_etc.model import default_model_path, load_model_info
+    from edge_etc.outputs import Anonymizer, Outputs
+    from edge_etc.runner import JsonLines, make_pipeline, run_file
+
+    class Control:
+        stop = False
+
+        def tick(self):
+            pass
+
+    with open(listing) as f:
+        paths = f.read().splitlines()
+    model = load_model_info(default_model_path())
+    classifiers = {}
+    window_hash = hashlib.sha256()
+
+    def hashing_predict(classifier):
+        predict = classifier.predict
+
+        def wrapped(windows):
+            if isinstance(windows, np.ndarray):
+                window_hash.update(windows.tobytes())
+            else:
+                window_hash.update(b"".join(windows))
+            return predict(windows)
+        return wrapped
+
+    with open(listing + ".out", "w") as out:
+        kind = "EnginePipeline" if engine.available() else "Pipeline"
+        out.write(f"# pipeline: {kind}\n")
+        for path in paths:
+            for name in config_names:
+                config = dict(CONFIGS[name])
+                batch_size = config.pop("batch_size")
+                if batch_size not in classifiers:
+                    classifier = Classifier(model, batch_size=batch_size)
+                    classifier.predict = hashing_predict(classifier)
+                    classifiers[batch_size] = classifier
+                out.write(f"# file {os.path.relpath(path, ROOT)} {name}\n")
+                try:
+                    capture = CaptureFile(path)
+                except CaptureFileError as e:
+                    out.write(f"# rejected: {e}\n")
+                    continue
+                text = io.StringIO()
+                # The dicts configuration anonymizes, which makes the engine hand records
+                # over as dicts instead of JSON lines text.
+                anonymizer = Anonymizer(b"k" * 32) if name.endswith("_dicts") else None
+                outputs = Outputs(JsonLines(None, stream=text), anonymizer=anonymizer)
+                pipeline = make_pipeline(classifiers[batch_size], outputs, batch_size=batch_size,
+                                         **config)
+                window_hash = hashlib.sha256()
+                with capture:
+                    run_file(pipeline, capture, Control())
+                pipeline.finish()
+                out.write(text.getvalue())
+                table = pipeline.engine if hasattr(pipeline, "engine") else pipeline.table
+                out.write(f"# windows {window_hash.hexdigest()}\n")
+                out.write(f"# summary {json.dumps(pipeline.summary())}\n")
+                out.write(f"# skipped {json.dumps(pipeline.stats.skipped, sort_keys=True)}\n")
+                out.write(f"# malformed {json.dumps(pipeline.stats.malformed, sort_keys=True)}\n")
+                out.write(f"# fragments {json.dumps(pipeline.decoder.reassembler.dropped, sort_keys=True)}\n")
+                out.write(f"# jumps {table.time_jumps_back} {table.time_jumps_forward}\n")
+                out.write(f"# reader records={capture.records} stopped={capture.stopped}\n")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2:])
