@@ -37,8 +37,8 @@ from .train import CLASS_WEIGHT_POWER, DEFAULT_WEIGHTING, settings_from_options,
 log = logging.getLogger(__name__)
 
 PRESETS = {
-    "full": {"folds": 5, "epochs": 15, "limit_captures": None},
-    "ci": {"folds": 2, "epochs": 2, "limit_captures": 30},
+    "full": {"folds": 5, "epochs": 15, "limit_captures": None, "repeats": 3},
+    "ci": {"folds": 2, "epochs": 2, "limit_captures": 30, "repeats": 1},
 }
 
 
@@ -76,6 +76,9 @@ def _stats_features(x, settings, with_port):
 
 MAX_CORRECT_REJECTED = 0.05
 
+# Seed offset between repeats of the folds (see `Evaluation.run_model`).
+REPEAT_SEED_STEP = 1000
+
 
 def choose_threshold(confidence, correct, is_background, max_rejected=MAX_CORRECT_REJECTED):
     """Return the confidence threshold under which the runner reports "unknown".
@@ -106,7 +109,7 @@ class Evaluation:
     """Runs the folds for one preprocessing setting and collects reports."""
 
     def __init__(self, corpus, settings, captures, folds, epochs, seed, max_windows, first_only,
-                 int8=True, class_power=None, weighting=None):
+                 int8=True, class_power=None, weighting=None, repeats=1):
         self.settings = settings
         self.data = dataset.build_windows(corpus, settings, captures, seed=seed)
         self.captures = captures
@@ -119,6 +122,7 @@ class Evaluation:
         self.int8 = int8
         self.class_power = class_power
         self.weighting = weighting or DEFAULT_WEIGHTING
+        self.repeats = repeats
 
     def split(self, f):
         train = [i for i in range(len(self.captures)) if self.fold[i] != f]
@@ -126,13 +130,30 @@ class Evaluation:
         return train, test
 
     def run_model(self):
-        """Train, quantize and score the CNN-LSTM on each fold."""
+        """Train, quantize and score the CNN-LSTM on each fold, `repeats` times.
+
+        Repeat r trains fold f with seed `seed + f + REPEAT_SEED_STEP * r` (weights, batch
+        order and the inner validation captures); the folds stay the same. Per-fold lists
+        run over the repeats in order (repeat 0's folds first), and the overall reports
+        pool the flows of every repeat.
+        """
+        data = self.data
+        out = {"float": [], "int8": [], "thresholds": [], "background": [],
+               "float_windows": [], "int8_windows": [], "repeat": [],
+               "repeat_float": [], "repeat_int8": []}
+        pooled = {"true": [], "float": [], "int8": []}
+        for r in range(self.repeats):
+            self._run_repeat(r, out, pooled)
+        out["overall_float"] = per_class_report(np.concatenate(pooled["true"]), np.concatenate(pooled["float"]), data.classes)
+        if self.int8:
+            out["overall_int8"] = per_class_report(np.concatenate(pooled["true"]), np.concatenate(pooled["int8"]), data.classes)
+        return out
+
+    def _run_repeat(self, r, out, pooled):
         from .tflite import to_int8
         from .train import fit
 
         data = self.data
-        out = {"float": [], "int8": [], "thresholds": [], "background": [],
-               "float_windows": [], "int8_windows": []}
         all_true, all_float, all_int8 = [], [], []
         for f in range(self.k):
             train_idx, test_idx = self.split(f)
@@ -141,8 +162,10 @@ class Evaluation:
             extra = {"weighting": self.weighting}
             if self.class_power is not None:
                 extra["class_power"] = self.class_power
-            model, val_idx = fit(data, train_idx, self.settings, self.epochs, self.seed + f,
+            seed = self.seed + f + REPEAT_SEED_STEP * r
+            model, val_idx = fit(data, train_idx, self.settings, self.epochs, seed,
                                  position_limit=position_limit, return_val=True, **extra)
+            out["repeat"].append(r)
             test = data.select(test_idx)
             x_test = data.x[test]
             p_float = model.predict(x_test.astype(np.float32) / 255.0, batch_size=512, verbose=0)
@@ -173,7 +196,7 @@ class Evaluation:
             all_float.append(pred[known])
 
             if self.int8:
-                rng = np.random.default_rng(self.seed)
+                rng = np.random.default_rng(seed)
                 train_windows = np.flatnonzero(data.select(train_idx))
                 calib = data.x[rng.choice(train_windows, min(2000, len(train_windows)), replace=False)]
                 _, classifier = to_int8(model, self.settings, data.classes, calib)
@@ -183,12 +206,16 @@ class Evaluation:
                 labels8 = data.flow_label[ids8]
                 out["int8"].append(per_class_report(labels8[labels8 >= 0], pred8[labels8 >= 0], data.classes))
                 all_int8.append(pred8[labels8 >= 0])
-            log.info("fold %d: flow macro-F1 float %.3f%s (%.0f s)", f, out["float"][-1]["macro_f1"],
+            log.info("%sfold %d: flow macro-F1 float %.3f%s (%.0f s)",
+                     f"repeat {r}, " if self.repeats > 1 else "", f, out["float"][-1]["macro_f1"],
                      f", int8 {out['int8'][-1]['macro_f1']:.3f}" if self.int8 else "", time.time() - started)
-        out["overall_float"] = per_class_report(np.concatenate(all_true), np.concatenate(all_float), data.classes)
+        true = np.concatenate(all_true)
+        out["repeat_float"].append(per_class_report(true, np.concatenate(all_float), data.classes)["macro_f1"])
+        pooled["true"].append(true)
+        pooled["float"].append(np.concatenate(all_float))
         if self.int8:
-            out["overall_int8"] = per_class_report(np.concatenate(all_true), np.concatenate(all_int8), data.classes)
-        return out
+            out["repeat_int8"].append(per_class_report(true, np.concatenate(all_int8), data.classes)["macro_f1"])
+            pooled["int8"].append(np.concatenate(all_int8))
 
     def run_port_baseline(self):
         data = self.data
@@ -254,10 +281,29 @@ def _weighting_text(weighting, class_power):
 
 
 def _summary_row(name, result, key="overall"):
-    folds = result.get("folds") or result.get("float") or []
-    f1s = [r["macro_f1"] for r in folds]
-    return {"name": name, "macro_f1": result[key]["macro_f1"] if key in result else None,
-            "fold_macro_f1": f1s, "mean_fold_macro_f1": round(float(np.mean(f1s)), 4) if f1s else None}
+    """One row of the results table.
+
+    For a trained network run several times (`run_model` with repeats), `macro_f1` is the
+    mean over the repeats of each repeat's macro-F1 over all folds, `repeat_macro_f1` lists
+    them, and `fold_macro_f1` is each fold's mean over the repeats. A baseline's row has
+    one repeat.
+    """
+    if "repeat_float" in result:  # a network from run_model
+        kind = "int8" if key == "overall_int8" else "float"
+        per_repeat = result[f"repeat_{kind}"]
+        reports = result[kind]
+        repeat_of = result["repeat"]
+    else:
+        reports = result.get("folds") or []
+        per_repeat = [result[key]["macro_f1"]] if key in result else []
+        repeat_of = [0] * len(reports)
+    repeats = max(repeat_of) + 1 if repeat_of else 1
+    folds = len(reports) // repeats
+    f1s = [round(float(np.mean([reports[r * folds + f]["macro_f1"] for r in range(repeats)])), 4)
+           for f in range(folds)]
+    return {"name": name, "macro_f1": round(float(np.mean(per_repeat)), 4) if per_repeat else None,
+            "repeat_macro_f1": per_repeat, "fold_macro_f1": f1s,
+            "mean_fold_macro_f1": round(float(np.mean(f1s)), 4) if f1s else None}
 
 
 def save_confusion_png(report, classes, path, title):
@@ -295,9 +341,11 @@ def confusion_text(report, classes):
 
 def evaluate_command(corpus, output, preset, seed, vector_bytes, window_rule, no_server_port,
                      no_mask_addresses, context, window_packets, max_windows, first_only,
-                     baselines, int8, port_buckets=None, class_power=None, weighting=None):
+                     baselines, int8, port_buckets=None, class_power=None, weighting=None,
+                     repeats=None):
     corpus = corpus or dataset.default_corpus()
     cfg = PRESETS[preset]
+    repeats = repeats or cfg["repeats"]
     settings = settings_from_options(vector_bytes=vector_bytes, window_rule=window_rule,
                                      window_packets=window_packets, context=context,
                                      port_buckets=port_buckets,
@@ -309,7 +357,8 @@ def evaluate_command(corpus, output, preset, seed, vector_bytes, window_rule, no
     started = time.time()
     os.makedirs(output, exist_ok=True)
     ev = Evaluation(corpus, settings, captures, cfg["folds"], cfg["epochs"], seed, max_windows,
-                    first_only, int8=int8, class_power=class_power, weighting=weighting)
+                    first_only, int8=int8, class_power=class_power, weighting=weighting,
+                    repeats=repeats)
     flags = []
     if no_server_port:
         flags.append("--no-server-port")
@@ -333,14 +382,12 @@ def evaluate_command(corpus, output, preset, seed, vector_bytes, window_rule, no
         flags.append(f"--port-buckets {port_buckets}")
     results = {"flags": " ".join(flags), "settings": settings.to_dict(), "preset": preset, "folds": cfg["folds"],
                "epochs": cfg["epochs"], "seed": seed, "max_windows": max_windows,
-               "first_only": first_only, "captures": len(captures),
+               "first_only": first_only, "captures": len(captures), "repeats": repeats,
                "weighting": _weighting_text(ev.weighting, class_power)}
     results["cnn_lstm"] = ev.run_model()
     rows = [_summary_row("CNN-LSTM float", results["cnn_lstm"], "overall_float")]
     if int8:
-        rows.append({"name": "CNN-LSTM int8", "macro_f1": results["cnn_lstm"]["overall_int8"]["macro_f1"],
-                     "fold_macro_f1": [r["macro_f1"] for r in results["cnn_lstm"]["int8"]],
-                     "mean_fold_macro_f1": round(float(np.mean([r["macro_f1"] for r in results["cnn_lstm"]["int8"]])), 4)})
+        rows.append(_summary_row("CNN-LSTM int8", results["cnn_lstm"], "overall_int8"))
     if baselines:
         results["port"] = ev.run_port_baseline()
         rows.append(_summary_row("server port only", results["port"]))
@@ -357,7 +404,7 @@ def evaluate_command(corpus, output, preset, seed, vector_bytes, window_rule, no
         if settings.window_packets != 1:
             one = Evaluation(corpus, Preprocessing(**{**settings.to_dict_plain(), "window_packets": 1}),
                              captures, cfg["folds"], cfg["epochs"], seed, max_windows, first_only, int8=False,
-                             weighting=weighting)
+                             weighting=weighting, repeats=repeats)
             results["one_packet_cnn"] = one.run_model()
             rows.append(_summary_row("one-packet CNN", results["one_packet_cnn"], "overall_float"))
     results["summary"] = rows
@@ -367,13 +414,14 @@ def evaluate_command(corpus, output, preset, seed, vector_bytes, window_rule, no
         json.dump(results, f, indent=1)
     classes = ev.data.classes
     text = [f"Grouped {cfg['folds']}-fold cross-validation by capture file, {len(captures)} captures, "
-            f"seed {seed}, {results['seconds']:.0f} s",
+            f"seed {seed}, {repeats} training repeat(s), {results['seconds']:.0f} s",
             f"settings: {json.dumps(settings.to_dict_plain())}", "",
-            f"{'model':<30}{'flow macro-F1':>15}   per fold"]
+            f"{'model':<30}{'flow macro-F1':>15}   per fold (mean over repeats); per repeat"]
     for r in rows:
         folds = " ".join(f"{v:.3f}" for v in r["fold_macro_f1"])
-        text.append(f"{r['name']:<30}{r['macro_f1']:>15.3f}   {folds}")
-    text += ["", "CNN-LSTM float, flows, all folds:", format_report(results["cnn_lstm"]["overall_float"]),
+        spread = " ".join(f"{v:.3f}" for v in r["repeat_macro_f1"]) if len(r["repeat_macro_f1"]) > 1 else ""
+        text.append(f"{r['name']:<30}{r['macro_f1']:>15.3f}   {folds}" + (f"; {spread}" if spread else ""))
+    text += ["", "CNN-LSTM float, flows, all folds" + (" and repeats" if repeats > 1 else "") + ":", format_report(results["cnn_lstm"]["overall_float"]),
              confusion_text(results["cnn_lstm"]["overall_float"], classes)]
     if int8:
         text += ["", "CNN-LSTM int8, flows, all folds:", format_report(results["cnn_lstm"]["overall_int8"])]
