@@ -52,6 +52,11 @@ _STREAM_ERRORS = (OSError, EOFError, lzma.LZMAError, zlib.error)
 _UNSUPPORTED_COMPRESSION = {b"\x28\xb5\x2f\xfd": "zstd", b"\x04\x22\x4d\x18": "lz4", b"PK\x03\x04": "zip"}
 
 
+def _records(n):
+    """Return "1 record" or "N records"."""
+    return f"{n} record" if n == 1 else f"{n} records"
+
+
 def _open_checked(path):
     """Open `path` for reading, following one layer of compression; return (file, kind).
 
@@ -404,7 +409,7 @@ class CaptureFile:
     # --- common -----------------------------------------------------------------------
 
     def _stop(self, what, offset):
-        self.stopped = f"{self.path}: {what} (byte offset {offset}); kept {self.records} records"
+        self.stopped = f"{self.path}: {what} (byte offset {offset}); kept {_records(self.records)}"
         log.warning("%s", self.stopped)
 
     def __iter__(self):
@@ -418,7 +423,7 @@ class CaptureFile:
         except _STREAM_ERRORS as e:
             # A stream error outside the guarded reads (a section header block).
             self.stopped = (f"{self.path}: reading the {self.compression or 'file'} stream failed "
-                            f"after record {self.records}: {e}; kept {self.records} records")
+                            f"after record {self.records}: {e}; kept {_records(self.records)}")
             log.warning("%s", self.stopped)
 
     def close(self):

@@ -10,6 +10,7 @@ were built (which flows, how many packets, which time stamps), never from the pr
 import json
 import os
 import re
+import struct
 import sys
 import zlib
 
@@ -265,13 +266,13 @@ def test_truncated_stream_keeps_records(write, method, suffix):
     assert 0 < kept_records < total
     assert scan.stopped is not None
     assert path in scan.stopped
-    assert f"kept {kept_records} records" in scan.stopped
+    assert f"kept {kept_records} record{'' if kept_records == 1 else 's'}" in scan.stopped
 
     r = run_cli("run", "--pcap", path)
     assert r.returncode == 0, r.stderr
     assert "Traceback" not in r.stderr
     assert summary_line(r.stderr)["records"] == str(kept_records)
-    assert f"kept {kept_records} records" in r.stderr
+    assert f"kept {kept_records} record{'' if kept_records == 1 else 's'}" in r.stderr
     strict = run_cli("run", "--pcap", path, "--strict")
     assert strict.returncode == 3
 
@@ -282,7 +283,7 @@ def test_truncated_gzip_names_byte_offset(write):
     with CaptureFile(path) as capture:
         kept_records = len(list(capture))
         stopped = capture.stopped
-    assert f"kept {kept_records} records" in stopped
+    assert f"kept {kept_records} record{'' if kept_records == 1 else 's'}" in stopped
     match = re.search(r"byte offset (-?\d+)", stopped)
     assert match, stopped
     assert int(match.group(1)) >= 0, stopped
@@ -692,3 +693,14 @@ def test_generator_deterministic():
     assert gen.pcap(gen.eth_two_flows(6), 1) == gen.pcap(gen.eth_two_flows(6), 1)
     assert gen.fragment_flood() == gen.fragment_flood()
     assert gen.truncated_compressed("gzip") == gen.truncated_compressed("gzip")
+
+
+def test_one_kept_record_is_singular(write):
+    # One whole record, then the header of a second whose data is missing.
+    whole = gen.pcap(gen.eth_two_flows()[:1], 1)
+    cut = struct.pack("<IIII", 2, 0, 100, 100) + bytes(10)
+    path = write("one_record_then_cut.pcap", whole + cut)
+    with CaptureFile(path) as capture:
+        assert len(list(capture)) == 1
+        stopped = capture.stopped
+    assert "kept 1 record" in stopped and "kept 1 records" not in stopped, stopped
