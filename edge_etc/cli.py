@@ -4,7 +4,8 @@ Exit codes: 0 success; 1 runtime failure (interpreter, capture device, conversio
 missing optional dependency); 2 invalid input (usage, unreadable or invalid capture or
 model file, invalid settings); 3 with `--strict`, a capture file that stopped early (cut
 inside a record, or a corrupt or oversized record); 128 + N when signal N stopped a
-capture file run (130 SIGINT, 143 SIGTERM).
+capture file run, the start-up of a run or another command (130 SIGINT, 143 SIGTERM;
+see edge_etc._entry). A live run stopped by a signal exits 0.
 
 Imports stay inside the command bodies: `edge-etc --help` and `edge-etc run` never import
 TensorFlow, and `--help` does not even import numpy.

@@ -68,6 +68,26 @@ def test_file_run_stopped_by_signal_exit_code(tmp_path, signum, code):
     assert out.read_text().count("\n") >= 1  # the partial results were written
 
 
+@pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_signal_before_input_opens_exit_code(signum, code):
+    """A signal while the run still waits for the capture file header, before the run's
+    own handlers exist: one line and 128 + N, not click's "Aborted!" or a traceback."""
+    proc = subprocess.Popen([sys.executable, "-m", "edge_etc", "run", "--pcap", "-",
+                             "-o", os.devnull], stdin=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        time.sleep(2)  # start-up takes about 0.2 s; the run then blocks reading stdin
+        assert proc.poll() is None
+        proc.send_signal(signum)
+        stderr = proc.communicate(timeout=60)[1]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == code, stderr
+    assert stderr.strip() == f"edge-etc: stopped by {signal.Signals(signum).name}"
+
+
 def test_file_run_to_end_exits_0(tmp_path):
     header, records = pcap_parts(PCAP)
     proc = subprocess.run([sys.executable, "-m", "edge_etc", "run", "--pcap", "-"],
