@@ -861,9 +861,60 @@ static int round_double(double x, int digits, double *out)
     return 0;
 }
 
+static int text_add_uint(text_t *t, unsigned long long value)
+{
+    char digits[24];
+    int n = 0;
+    do {
+        digits[sizeof(digits) - 1 - n++] = (char)('0' + value % 10);
+        value /= 10;
+    } while (value);
+    return text_add(t, digits + sizeof(digits) - n, n);
+}
+
+#ifdef __SIZEOF_INT128__
+/* repr(round(x, digits)) for 1e-4 <= x < 2**33 and digits 1 to 6, with exact integer
+ * arithmetic. Returns the length written to `out`, or 0 outside that range.
+ *
+ * round() rounds the exact binary value of x to `digits` decimals, ties to even. Below
+ * 2**33 the spacing of doubles is under 1e-6, so any other decimal of at most `digits`
+ * decimals lies more than half a spacing from the rounded double, and the shortest string
+ * that repr finds is that decimal without its trailing zeros (at least one decimal stays).
+ * From 1e-4 on, repr writes no exponent. tests/test_engine.py checks this against Python. */
+static int format_rounded_fast(double x, int digits, char *out)
+{
+    static const uint64_t scale[] = {1, 10, 100, 1000, 10000, 100000, 1000000};
+    if (!(x >= 1e-4 && x < 8589934592.0) || digits < 1 || digits > 6)
+        return 0;
+    int exponent;
+    double mantissa = frexp(x, &exponent);  /* x = mantissa * 2**exponent, 0.5 <= mantissa < 1 */
+    uint64_t m = (uint64_t)ldexp(mantissa, 53);
+    int shift = 53 - exponent;  /* x = m / 2**shift, with 20 <= shift <= 66 here */
+    unsigned __int128 n = (unsigned __int128)m * scale[digits];
+    unsigned __int128 q = n >> shift;
+    unsigned __int128 rest = n - (q << shift), half = (unsigned __int128)1 << (shift - 1);
+    if (rest > half || (rest == half && (q & 1)))
+        q++;
+    uint64_t whole = (uint64_t)(q / scale[digits]), fraction = (uint64_t)(q % scale[digits]);
+    int kept = digits;
+    while (kept > 1 && fraction % 10 == 0) {
+        fraction /= 10;
+        kept--;
+    }
+    return snprintf(out, 48, "%llu.%0*llu", (unsigned long long)whole, kept,
+                    (unsigned long long)fraction);
+}
+#endif
+
 /* Append repr(round(x, digits)) as json.dumps writes it. */
 static int text_add_rounded(text_t *t, double x, int digits)
 {
+#ifdef __SIZEOF_INT128__
+    char fast[48];
+    int length = format_rounded_fast(x, digits, fast);
+    if (length > 0)
+        return text_add(t, fast, (size_t)length);
+#endif
     double rounded;
     if (round_double(x, digits, &rounded) < 0)
         return -1;
@@ -920,7 +971,6 @@ static int append_record_text(EngineObject *e, text_t *t, const pending_t *p, in
 {
     endpoints_t ep;
     endpoints_of(p, &ep, 1);
-    char number[64];
     Py_ssize_t label_len;
     const char *label = PyUnicode_AsUTF8AndSize(PyTuple_GET_ITEM(e->label_json, code), &label_len);
     if (label == NULL)
@@ -930,16 +980,15 @@ static int append_record_text(EngineObject *e, text_t *t, const pending_t *p, in
                                       : ", \"proto\": \"udp\", \"src_ip\": \"") < 0 ||
         text_add_str(t, ep.client) < 0)
         return -1;
-    snprintf(number, sizeof(number), "\", \"src_port\": %u, \"dst_ip\": \"", ep.client_port);
-    if (text_add_str(t, number) < 0 || text_add_str(t, ep.server) < 0)
+    if (text_add_str(t, "\", \"src_port\": ") < 0 || text_add_uint(t, ep.client_port) < 0 ||
+        text_add_str(t, ", \"dst_ip\": \"") < 0 || text_add_str(t, ep.server) < 0 ||
+        text_add_str(t, "\", \"dst_port\": ") < 0 || text_add_uint(t, ep.server_port) < 0 ||
+        text_add_str(t, ", \"label\": ") < 0 || text_add(t, label, label_len) < 0 ||
+        text_add_str(t, ", \"confidence\": ") < 0 || text_add_rounded(t, confidence, 4) < 0 ||
+        text_add_str(t, ", \"packets\": ") < 0 || text_add_uint(t, p->packets) < 0 ||
+        text_add_str(t, ", \"windows\": ") < 0 || text_add_uint(t, results) < 0)
         return -1;
-    snprintf(number, sizeof(number), "\", \"dst_port\": %u, \"label\": ", ep.server_port);
-    if (text_add_str(t, number) < 0 || text_add(t, label, label_len) < 0 ||
-        text_add_str(t, ", \"confidence\": ") < 0 || text_add_rounded(t, confidence, 4) < 0)
-        return -1;
-    snprintf(number, sizeof(number), ", \"packets\": %llu, \"windows\": %u}\n",
-             (unsigned long long)p->packets, results);
-    return text_add_str(t, number);
+    return text_add_str(t, "}\n");
 }
 
 static PyObject *address_text(const unsigned char *addr, Py_ssize_t alen)
@@ -1393,6 +1442,29 @@ PyTypeObject FpEngineType = {
     .tp_methods = engine_methods,
     .tp_getset = engine_getset,
 };
+
+/* format_rounded(x, digits) -> str: repr(round(x, digits)) as the records write it, for
+ * tests that compare it with Python. */
+PyObject *fp_format_rounded(PyObject *module, PyObject *args)
+{
+    (void)module;
+    double x;
+    int digits;
+    if (!PyArg_ParseTuple(args, "di", &x, &digits))
+        return NULL;
+    if (digits < 0 || digits > 17) {
+        PyErr_SetString(PyExc_ValueError, "digits must be 0 to 17");
+        return NULL;
+    }
+    text_t t = {NULL, 0, 0};
+    if (text_add_rounded(&t, x, digits) < 0) {
+        PyMem_Free(t.data);
+        return NULL;
+    }
+    PyObject *out = PyUnicode_DecodeASCII(t.data, (Py_ssize_t)t.len, "strict");
+    PyMem_Free(t.data);
+    return out;
+}
 
 int fp_engine_ready(void)
 {

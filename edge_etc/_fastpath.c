@@ -797,6 +797,9 @@ static PyMethodDef module_methods[] = {
      "Python decoder."},
     {"vectorize", (PyCFunction)(void (*)(void))fast_vectorize, METH_FASTCALL,
      "vectorize(pkt, server_is_dst, settings, gap_s, port_block) -> bytes."},
+    {"format_rounded", (PyCFunction)fp_format_rounded, METH_VARARGS,
+     "format_rounded(x, digits) -> str: repr(round(x, digits)) as the engine's JSON lines "
+     "write it."},
     {NULL, NULL, 0, NULL},
 };
 

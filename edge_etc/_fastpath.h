@@ -106,4 +106,7 @@ int fp_packet_endpoints(PyObject *packet, double *ts, const unsigned char **src,
 extern PyTypeObject FpEngineType;
 int fp_engine_ready(void);
 
+/* format_rounded(x, digits), a module function for tests (see _engine.c). */
+PyObject *fp_format_rounded(PyObject *module, PyObject *args);
+
 #endif

@@ -264,6 +264,22 @@ def test_engine_state_per_flow_is_small():
     assert per_flow < 256, memory
 
 
+@needs_engine
+def test_rounded_floats_formatted_as_python():
+    """The engine writes repr(round(x, digits)) for time stamps and confidences, partly with
+    integer arithmetic: check it against Python on ties, range ends and random values."""
+    rng = np.random.default_rng(11)
+    values = [0.0, -0.0, 1e-4, 0.99995, 0.00005, 0.00015, 1 / 128, 3 / 128, 2.5e-7, 1.5e-6,
+              1700000000.0078125, 1700000000.123456, 8589934591.9999995, 8589934592.0,
+              1e16, 1e-7, -1700000000.5, float("inf"), 123456789.0000005]
+    values += list(rng.uniform(0, 1, 2000)) + list(rng.uniform(1.6e9, 1.8e9, 2000))
+    values += [k / 2 ** 20 for k in range(1, 3000)] + list(rng.uniform(0, 2 ** 34, 500))
+    for x in values:
+        for digits in (4, 6):
+            expected = json.dumps(round(float(x), digits))
+            assert fastpath.native.format_rounded(float(x), digits) == expected, (x, digits)
+
+
 def test_predict_array_matches_byte_strings():
     """Classifier.predict gives the same probabilities for a 2-D uint8 array as for byte
     strings, and its addition shortcut for an affine input table equals the table lookup."""
