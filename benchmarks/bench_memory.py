@@ -14,9 +14,11 @@ with the bundled model, JSON lines written to /dev/null:
 With --runs N every row runs N times, alternating, and the median is reported.
 
 --breakdown shows where the bytes of the open flows go instead: it feeds flows_100k.pcap
-through a `Pipeline` in this process under tracemalloc and prints, per source line, the
-bytes still allocated per open flow. tracemalloc counts requested sizes, without the
-allocator's rounding and free space, so its total is below the RSS figure.
+through the runner's pipeline (the compiled flow engine where it is built, else `Pipeline`;
+EDGE_ETC_PURE_PYTHON=1 picks the latter) in this process under tracemalloc and prints, per
+source line, the bytes still allocated per open flow, then the engine's own account by
+part. tracemalloc counts requested sizes, without the allocator's rounding and free space,
+so its total is below the RSS figure.
 
 Usage: python benchmarks/bench_memory.py [--data benchmarks/data] [--runs N] [--json OUT]
        python benchmarks/bench_memory.py --breakdown [--data benchmarks/data]
@@ -110,33 +112,53 @@ def run_cases(data, runs):
 
 
 def breakdown(data):
-    """Print the bytes per open flow of flows_100k.pcap by the source line that allocated them."""
+    """Print the bytes per open flow of flows_100k.pcap by the source line that allocated them.
+
+    tracemalloc counts the compiled flow engine's allocations at the lines of engine.py
+    that call it, so the engine's own account of its memory by part follows.
+    """
     import linecache
     import tracemalloc
 
     from edge_etc.capfile import CaptureFile
     from edge_etc.infer import Classifier
     from edge_etc.model import default_model_path, load_model_info
-    from edge_etc.runner import Pipeline
+    from edge_etc.runner import make_pipeline, run_file
+
+    class Control:
+        stop = False
+
+        def tick(self):
+            pass
 
     classifier = Classifier(load_model_info(default_model_path()))
     tracemalloc.start()
     before = tracemalloc.take_snapshot()
-    pipeline = Pipeline(classifier, lambda record: None, max_flows=200_000, idle_timeout_s=86400.0)
+    pipeline = make_pipeline(classifier, lambda record: None, max_flows=200_000,
+                             idle_timeout_s=86400.0)
     with CaptureFile(os.path.join(data, "flows_100k.pcap")) as capture:
-        for record in capture:
-            pipeline.process(*record)
+        run_file(pipeline, capture, Control())
     pipeline.infer()
     after = tracemalloc.take_snapshot()
-    flows = len(pipeline.table)
+    engine = getattr(pipeline, "engine", None)
+    flows = len(engine) if engine is not None else len(pipeline.table)
     total = sum(s.size_diff for s in after.compare_to(before, "filename"))
-    print(f"{flows} open flows; tracemalloc: {total / flows:.0f} bytes per flow")
+    print(f"{type(pipeline).__name__}: {flows} open flows; tracemalloc: {total / flows:.0f} "
+          "bytes per flow")
     for stat in after.compare_to(before, "lineno")[:12]:
         if stat.size_diff / flows >= 1:
             frame = stat.traceback[0]
             code = linecache.getline(frame.filename, frame.lineno).strip()
             print(f"{stat.size_diff / flows:7.1f} bytes/flow {stat.count_diff:8d} blocks  "
                   f"{os.path.relpath(frame.filename, ROOT)}:{frame.lineno}  {code}")
+    if engine is not None:
+        memory = engine.memory()
+        for part in ("flow_slots", "hash_buckets", "vector_buffers", "decision_states"):
+            print(f"engine {part}: {memory[part] / flows:.1f} bytes/flow")
+        print(f"flow slot: {memory['flow_slot_bytes']} bytes; vectors buffered: "
+              f"{memory['vector_buffers_in_use']}; decision states: "
+              f"{memory['decision_states_in_use']}")
+        return
     states = {"vectors buffered": 0, "decision kept": 0}
     for flow in pipeline.table.flows.values():
         states["vectors buffered"] += flow.recent is not None

@@ -1,10 +1,12 @@
 """Labelled windows from labelled captures, built with the runner's own code.
 
-Each capture is read with `edge_etc.capfile.CaptureFile`, decoded with
-`edge_etc.decode.Decoder` and windowed by `edge_etc.flows.FlowTable`, exactly as `edge-etc
-run` does, so a window in the training set is byte for byte what the runner feeds the
-model. Flow labels come from the corpus's `FLOWS.tsv` (one row per bidirectional 5-tuple);
-flows labelled `background` or `unknown`, or not listed, are kept apart as unlabelled.
+Each capture is read with `edge_etc.capfile.CaptureFile`, decoded and windowed by the
+compiled flow engine (`edge_etc.engine`) or, where the extension is not built,
+`edge_etc.decode.Decoder` and `edge_etc.flows.FlowTable`, exactly as `edge-etc run` does. So
+a window in the training set is byte for byte what the runner feeds the model; both ways
+give the same windows (tests/test_engine.py). Flow labels come from the corpus's
+`FLOWS.tsv` (one row per bidirectional 5-tuple); flows labelled `background` or `unknown`,
+or not listed, are kept apart as unlabelled.
 
 Windows are taken from every position of a flow, not just its start, so the model learns
 to classify a flow the runner joins mid-stream. A flow with more than
@@ -20,6 +22,7 @@ import os
 
 import numpy as np
 
+from edge_etc import engine
 from edge_etc.capfile import CaptureFile
 from edge_etc.decode import Decoder
 from edge_etc.errors import CaptureFileError, ConfigError, PacketError
@@ -114,13 +117,27 @@ class Windows:
         return np.isin(self.capture, np.asarray(list(capture_indices), dtype=np.int64))
 
 
-def capture_windows(path, settings):
+def capture_windows(path, settings, use_engine=None):
     """Return ([(flow, [window, ...]), ...], flows too short) for one capture file.
 
-    Reads, decodes and windows with the runner's code; the table is unbounded and keeps
-    every window, in packet order per flow. A forward time stamp jump, which the runner
-    logs at INFO, is logged at DEBUG here: over hundreds of captures it is noise.
+    Reads, decodes and windows with the runner's code: the compiled flow engine where it
+    is available (`use_engine` None) or requested, else the Python `FlowTable`. The table is
+    unbounded and keeps every window, in packet order per flow. A forward time stamp jump,
+    which the runner logs at INFO, is logged at DEBUG here: over hundreds of captures it is
+    noise.
     """
+    if use_engine is None:
+        use_engine = engine.available()
+    if use_engine:
+        collector = engine.WindowCollector(settings)
+        with CaptureFile(path) as capture:
+            collector.feed_capture(capture)
+        collector.finish()
+        per_flow = {}
+        for flow, window in collector.windows:
+            per_flow.setdefault(flow.serial, (flow, []))[1].append(window)
+        return list(per_flow.values()), collector.engine.too_short
+
     per_flow = {}
 
     def on_window(flow, ts, window):

@@ -20,6 +20,7 @@ windows, per control tick and for the records the fast decoder hands back:
   as dicts for `write` (anonymizing, syslog and Prometheus need the fields).
 """
 
+import collections
 import json
 import logging
 import os
@@ -75,36 +76,32 @@ def new_engine(settings, max_flows, idle_timeout_s, max_windows, capacity, label
         int.from_bytes(os.urandom(8), "little"), jump_logger(jump_log_level))
 
 
-class EnginePipeline:
-    """Decoder, compiled flow engine and classifier, with the interface of `Pipeline`.
+class EngineFeeder:
+    """Feeds records to an engine, with the Python decoder for the records it hands back.
 
-    Args:
-        classifier: an `edge_etc.infer.Classifier`.
-        write: called with each output record (a dict). When it has a `text_writer()`
-            method that returns a callable, that callable gets the records as JSON lines
-            text instead (see `edge_etc.outputs.Outputs.text_writer`).
-        max_flows, idle_timeout_s, max_windows: see `edge_etc.flows.FlowTable`.
-        batch_size: windows collected before the interpreter runs.
+    The counters of records, filtered records and skip reasons are in `stats`, as in
+    `Pipeline`. Subclasses define `infer`, which must empty the pending windows; it runs
+    whenever they fill the engine's capacity.
     """
 
-    def __init__(self, classifier, write, max_flows=65536, idle_timeout_s=120.0,
-                 max_windows=1, batch_size=64):
-        self.classifier = classifier
-        self.labels = classifier.model.labels
-        self.write = write
+    def __init__(self, engine):
+        self.engine = engine
+        self.batch_size = engine.capacity
         self.stats = Stats()
         self.decoder = Decoder()
-        self.batch_size = batch_size
-        self.engine = new_engine(classifier.model.preprocessing, max_flows, idle_timeout_s,
-                                 max_windows, batch_size, self.labels,
-                                 classifier.model.unknown_threshold)
-        self._windows = np.frombuffer(self.engine, dtype=np.uint8).reshape(
-            batch_size, self.engine.window_bytes)
-        text_writer = getattr(write, "text_writer", None)
-        self._write_text = text_writer() if text_writer is not None else None
         self._bug_logged = False
 
-    # --- records ----------------------------------------------------------------------
+    def infer(self):
+        raise NotImplementedError
+
+    def finish(self):
+        """Empty the pending windows and end every flow (end of a capture or a stop)."""
+        self.infer()
+        self.engine.flush()
+
+    def advance(self, now):
+        """Move the flow table's clock to `now` (a live link's wall clock)."""
+        self.engine.advance(now)
 
     def process(self, ts, linktype, frame, wire_len):
         """Decode one record and account it, as `Pipeline.process` does."""
@@ -144,15 +141,16 @@ class EnginePipeline:
         elif status == FEED_ERROR:
             self._count_internal_error(detail)
 
-    def read_capture(self, capture, control, keep=None):
+    def feed_capture(self, capture, control=None, keep=None):
         """Feed every record of an open `CaptureFile` through the engine (see
-        `edge_etc.runner.run_file` for the contract)."""
-        log.info("reading %s", capture.path)
+        `edge_etc.runner.run_file` for the contract of `control` and `keep`)."""
         stats = self.stats
         count = 0
 
         def tick():
             """Run the control tick; return True to stop reading."""
+            if control is None:
+                return False
             control.tick()
             return control.stop
 
@@ -193,7 +191,36 @@ class EnginePipeline:
                 break
         stats.stopped = capture.stopped
 
-    # --- decisions --------------------------------------------------------------------
+
+class EnginePipeline(EngineFeeder):
+    """Decoder, compiled flow engine and classifier, with the interface of `Pipeline`.
+
+    Args:
+        classifier: an `edge_etc.infer.Classifier`.
+        write: called with each output record (a dict). When it has a `text_writer()`
+            method that returns a callable, that callable gets the records as JSON lines
+            text instead (see `edge_etc.outputs.Outputs.text_writer`).
+        max_flows, idle_timeout_s, max_windows: see `edge_etc.flows.FlowTable`.
+        batch_size: windows collected before the interpreter runs.
+    """
+
+    def __init__(self, classifier, write, max_flows=65536, idle_timeout_s=120.0,
+                 max_windows=1, batch_size=64):
+        super().__init__(new_engine(classifier.model.preprocessing, max_flows, idle_timeout_s,
+                                    max_windows, batch_size, classifier.model.labels,
+                                    classifier.model.unknown_threshold))
+        self.classifier = classifier
+        self.labels = classifier.model.labels
+        self.write = write
+        self._windows = np.frombuffer(self.engine, dtype=np.uint8).reshape(
+            batch_size, self.engine.window_bytes)
+        text_writer = getattr(write, "text_writer", None)
+        self._write_text = text_writer() if text_writer is not None else None
+
+    def read_capture(self, capture, control, keep=None):
+        """Log and feed every record of an open `CaptureFile` (`runner.run_file`)."""
+        log.info("reading %s", capture.path)
+        self.feed_capture(capture, control, keep)
 
     def infer(self):
         """Run the pending windows through the model and write the decisions."""
@@ -211,17 +238,6 @@ class EnginePipeline:
             for record in records:
                 self.write(record)
 
-    def advance(self, now):
-        """Move the flow table's clock to `now` (a live link's wall clock)."""
-        self.engine.advance(now)
-
-    def finish(self):
-        """Classify what is pending and end every flow (end of a capture or a stop)."""
-        self.infer()
-        self.engine.flush()
-
-    # --- summary ----------------------------------------------------------------------
-
     def summary(self):
         """Return the run's counters as one dict, with the keys of `Pipeline.summary`."""
         return summary_of(self.stats, self.engine, self.engine, self.decoder)
@@ -230,3 +246,35 @@ class EnginePipeline:
         """Log the summary as `Pipeline.log_summary` does."""
         return log_summary_lines(self.summary(), self.stats, self.decoder,
                                  self.engine.time_jumps_back, self.engine.time_jumps_forward)
+
+
+FlowInfo = collections.namedtuple("FlowInfo", "serial proto client client_port server server_port")
+FlowInfo.__doc__ = """A flow of `WindowCollector`: its number in creation order from 1, the IP
+protocol, and the client's and server's addresses (bytes) and ports, client first as in
+`edge_etc.flows`."""
+
+
+class WindowCollector(EngineFeeder):
+    """Collects every window of a capture with its flow, as the dataset builder needs them.
+
+    Args:
+        settings: the `Preprocessing` to build windows with.
+        max_flows, idle_timeout_s, max_windows: see `edge_etc.flows.FlowTable`.
+        capacity: windows kept in the engine between two collections.
+        jump_log_level: level of the log message on the first forward time stamp jump.
+
+    `windows` lists (FlowInfo, window bytes) in the order the windows were completed.
+    """
+
+    def __init__(self, settings, max_flows=1 << 30, idle_timeout_s=120.0, max_windows=1 << 30,
+                 capacity=1024, jump_log_level=logging.DEBUG):
+        super().__init__(new_engine(settings, max_flows, idle_timeout_s, max_windows, capacity,
+                                    decisions=False, serials=True,
+                                    jump_log_level=jump_log_level))
+        self.windows = []
+
+    def infer(self):
+        data, flows = self.engine.take_windows()
+        size = self.engine.window_bytes
+        for i, flow in enumerate(flows):
+            self.windows.append((FlowInfo(*flow), data[i * size:(i + 1) * size]))

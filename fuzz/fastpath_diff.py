@@ -14,14 +14,21 @@ Nothing here imports atheris. Input format (one byte string):
                         read with the compiled record slicer and without it, with a chunk
                         size of 16 to 512 bytes (16 * (1 + (byte 0 >> 3))) so records cross chunk ends;
                         both reads must give the same records, count and stop message.
+                        The file also goes through the compiled flow engine and through
+                        the Python decoder and flow table, each with a table of 4 flows
+                        and 3 windows per flow. Both must give the same windows with the
+                        same flows, skip reasons and table counters.
 """
 
 import os
 import struct
 
+import collections
+
 import harness
-from edge_etc import capfile, decode, fastpath
+from edge_etc import capfile, decode, engine, fastpath
 from edge_etc.errors import PacketError
+from edge_etc.flows import FlowTable
 from edge_etc.preprocess import vectorize
 
 FIELDS = ("ts", "version", "proto", "src", "dst", "sport", "dport", "ip", "l4_offset",
@@ -107,6 +114,77 @@ def read_all(path, native, chunk):
         fastpath.native, capfile.CHUNK_BYTES = saved_native, saved_chunk
 
 
+# The flow table of the engine check: small, so that flows are evicted and expire.
+TABLE = dict(max_flows=4, idle_timeout_s=30.0, max_windows=3)
+ENGINE_SETTINGS = harness.SETTINGS_VARIANTS[6]  # context, port buckets, every packet
+
+
+def windows_python(path, chunk):
+    """Return the windows, skip reasons and table counters of the Python decoder and flow
+    table over a capture file."""
+    windows = []
+    too_short = 0
+
+    def on_window(flow, ts, window):
+        windows.append(((flow.serial, flow.proto, flow.client, flow.client_port, flow.server,
+                         flow.server_port), window))
+
+    def on_end(flow, reason):
+        nonlocal too_short
+        too_short += flow.windows == 0
+
+    table = FlowTable(ENGINE_SETTINGS, on_window, on_end, **TABLE)
+    decoder = decode.Decoder()
+    reasons = collections.Counter()
+    saved_chunk = capfile.CHUNK_BYTES
+    capfile.CHUNK_BYTES = chunk
+    try:
+        with capfile.CaptureFile(path) as capture:
+            for record in capture:
+                try:
+                    pkt = decoder.decode(*record)
+                except PacketError as e:
+                    reasons[e.reason] += 1
+                    continue
+                if pkt is not None:
+                    table.add(pkt)
+    finally:
+        capfile.CHUNK_BYTES = saved_chunk
+    table.flush()
+    counters = (table.flows_created, table.evictions, table.expirations, too_short,
+                table.time_jumps_back, table.time_jumps_forward)
+    return windows, dict(reasons), counters
+
+
+def windows_engine(path, chunk):
+    """Return what `windows_python` returns, from the compiled flow engine."""
+    collector = engine.WindowCollector(ENGINE_SETTINGS, capacity=2, **TABLE)
+    saved_chunk = capfile.CHUNK_BYTES
+    capfile.CHUNK_BYTES = chunk
+    try:
+        with capfile.CaptureFile(path) as capture:
+            collector.feed_capture(capture)
+    finally:
+        capfile.CHUNK_BYTES = saved_chunk
+    collector.finish()
+    windows = [(tuple(flow), window) for flow, window in collector.windows]
+    reasons = dict(collections.Counter({**collector.stats.skipped, **collector.stats.malformed}))
+    e = collector.engine
+    counters = (e.flows_created, e.evictions, e.expirations, e.too_short, e.time_jumps_back,
+                e.time_jumps_forward)
+    return windows, reasons, counters
+
+
+def check_engine_same(path, chunk):
+    fast = windows_engine(path, chunk)
+    slow = windows_python(path, chunk)
+    assert fast[2] == slow[2], ("table counters", fast[2], slow[2])
+    assert fast[1] == slow[1], ("skip reasons", fast[1], slow[1])
+    assert len(fast[0]) == len(slow[0]), ("windows", len(fast[0]), len(slow[0]))
+    for a, b in zip(fast[0], slow[0]):
+        assert a == b, (a, b)
+
+
 def check_pcap_input(data, path=None):
     path = path or harness.scratch_path()
     flags = data[0] if data else 1
@@ -116,6 +194,8 @@ def check_pcap_input(data, path=None):
     try:
         fast = read_all(path, fastpath.native, chunk)
         slow = read_all(path, None, chunk)
+        if engine.available():
+            check_engine_same(path, chunk)
     finally:
         os.unlink(path)
     assert fast[1] == slow[1], (fast[1], slow[1])

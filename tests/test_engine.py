@@ -141,6 +141,30 @@ def test_runs_identical_on_whole_corpus(tmp_path):
     assert count_records(lines) > 1000
 
 
+@needs_engine
+@pytest.mark.corpus
+def test_dataset_windows_identical_on_corpus():
+    """The dataset builder's windows per flow, made by the engine and by the Python flow
+    table, for every corpus capture and two settings (the default and every packet)."""
+    from edge_etc.convert import dataset
+
+    if not os.path.isdir(CORPUS):
+        pytest.skip(f"corpus not present at {CORPUS}")
+    paths = capture_files(CORPUS)
+    windows = 0
+    for settings in (Preprocessing(), SETTINGS):
+        for path in paths:
+            fast, fast_short = dataset.capture_windows(path, settings, use_engine=True)
+            slow, slow_short = dataset.capture_windows(path, settings, use_engine=False)
+            assert fast_short == slow_short, path
+            assert [(f.serial, f.proto, f.client, f.client_port, f.server, f.server_port)
+                    for f, _ in fast] == [(f.serial, f.proto, f.client, f.client_port, f.server,
+                                           f.server_port) for f, _ in slow], path
+            assert [w for _, w in fast] == [w for _, w in slow], path
+            windows += sum(len(w) for _, w in fast)
+    assert windows > 10000
+
+
 # --- edge-etc run, engine against Python ----------------------------------------------------
 
 def run_cli_both(args, tmp_path):
