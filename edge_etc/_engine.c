@@ -896,13 +896,23 @@ static int format_rounded_fast(double x, int digits, char *out)
     if (rest > half || (rest == half && (q & 1)))
         q++;
     uint64_t whole = (uint64_t)(q / scale[digits]), fraction = (uint64_t)(q % scale[digits]);
-    int kept = digits;
-    while (kept > 1 && fraction % 10 == 0) {
+    char reversed[24];
+    int count = 0, length = 0;
+    do {
+        reversed[count++] = (char)('0' + whole % 10);
+        whole /= 10;
+    } while (whole);
+    while (count)
+        out[length++] = reversed[--count];
+    out[length++] = '.';
+    for (int d = digits - 1; d >= 0; d--) {  /* the fraction with its leading zeros */
+        out[length + d] = (char)('0' + fraction % 10);
         fraction /= 10;
-        kept--;
     }
-    return snprintf(out, 48, "%llu.%0*llu", (unsigned long long)whole, kept,
-                    (unsigned long long)fraction);
+    length += digits;
+    while (out[length - 1] == '0' && out[length - 2] != '.')  /* one decimal always stays */
+        length--;
+    return length;
 }
 #endif
 
