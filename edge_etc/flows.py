@@ -1,5 +1,10 @@
 """Bidirectional flow table and windowing, shared by the runner and the dataset builder.
 
+This is the reference implementation. Where the compiled extension is built, the runner
+and the dataset builder use the compiled flow engine (edge_etc/_engine.c, edge_etc.engine)
+instead, which follows the same rules. tests/test_engine.py checks that both give the same
+windows, records and counters. A change of rule here must be made there too.
+
 A flow is the traffic of one TCP or UDP 5-tuple in both directions. The table is bounded:
 at most `max_flows` flows, least-recently-used first out, and flows idle for
 `idle_timeout_s` of capture time are expired. Per flow it keeps only what the next window

@@ -1,5 +1,9 @@
 """The classification pipeline: records in, one JSON line per classified flow out.
 
+`Pipeline` is the Python reference. `make_pipeline` returns the compiled flow engine's
+`edge_etc.engine.EnginePipeline` instead where the extension is built, with the same
+interface and output.
+
 Decision rule: a flow is classified from its first complete window. With `max_windows`
 above 1 (the default is 1), its next windows refine the decision: the class probabilities of every window seen
 so far are averaged, and the label is the class with the highest mean probability. A record
