@@ -61,14 +61,24 @@ def main():
                 f"the mean class probabilities of a flow's first {ev['max_windows']} windows")
     w(f"- Scores are per **flow**: the runner's decision, {decision}. Flows labelled `background` "
       "or `unknown` in the corpus are scored apart. Macro-F1 averages the F1 of the classes present.")
+    repeats = ev.get("repeats", 1)
+    if repeats > 1:
+        w(f"- Every network (the CNN-LSTM and the one-packet CNN) is trained {repeats} times per fold "
+          "with different seeds (weights, batch order and inner validation captures); the folds stay "
+          "the same. A network's figure is the mean over the repeats of its macro-F1 over all "
+          "folds; each repeat's figure is listed beside it, and each fold's figure is that fold's "
+          "mean over the repeats. The per-class tables and the confusion matrix pool the flows of "
+          "all repeats. The baselines without training noise (port, random forests) run once.")
     w("- int8: each fold's model is quantized with `edge-etc convert`'s code and run through the "
       "runner's own classifier (ai-edge-litert).")
     w(f"- Settings: `{json.dumps({k: v for k, v in ev['settings'].items() if k not in ('format', 'version')})}`\n")
     w("## Results against the baselines\n")
-    w("| model | flow macro-F1, all folds | per fold |")
-    w("| --- | --- | --- |")
+    w("| model | flow macro-F1, all folds | per repeat | per fold |")
+    w("| --- | --- | --- | --- |")
     for r in ev["summary"]:
-        w(f"| {r['name']} | {r['macro_f1']:.3f} | {' '.join(f'{v:.3f}' for v in r['fold_macro_f1'])} |")
+        per_repeat = r.get("repeat_macro_f1") or [r["macro_f1"]]
+        spread = " ".join(f"{v:.3f}" for v in per_repeat) if len(per_repeat) > 1 else "(one run)"
+        w(f"| {r['name']} | {r['macro_f1']:.3f} | {spread} | {' '.join(f'{v:.3f}' for v in r['fold_macro_f1'])} |")
     w("")
     best_baseline = max(r["macro_f1"] for r in ev["summary"] if not r["name"].startswith("CNN-LSTM"))
     int8 = next(r for r in ev["summary"] if r["name"] == "CNN-LSTM int8")["macro_f1"]
@@ -77,12 +87,14 @@ def main():
     parity = ("within the 1 point the project aims for" if max(diffs) <= 0.01
               else "more than the 1 point the project aims for")
     w(f"**The int8 CNN-LSTM ({int8:.3f}) {verdict} the best baseline ({best_baseline:.3f}) by the "
-      f"5 points the project aims for.** On every fold, the int8 and float models differ by "
-      f"at most {max(diffs):.3f} flow macro-F1. That is {parity}.\n")
-    w("### CNN-LSTM int8, per class (flows, all folds)\n")
+      f"5 points the project aims for.** On every fold{' of every repeat' if repeats > 1 else ''}, "
+      f"the int8 and float models differ by at most {max(diffs):.3f} flow macro-F1. That is "
+      f"{parity}.\n")
+    pooled = ", all folds and repeats" if repeats > 1 else ", all folds"
+    w(f"### CNN-LSTM int8, per class (flows{pooled})\n")
     w(per_class_table(ev["cnn_lstm"]["overall_int8"]))
     w("")
-    w("### Confusion matrix (float, flows, all folds)\n")
+    w(f"### Confusion matrix (float, flows{pooled})\n")
     w(confusion_table(ev["cnn_lstm"]["overall_float"], classes))
     w("\n![confusion matrix](evaluation/confusion_float.png)\n")
     w("### Server port baseline, per class\n")
@@ -93,7 +105,8 @@ def main():
     wrong = sum(b["confident_wrong"] for b in bg)
     rejected = sum(b["known_rejected"] for b in bg)
     w("## Flows the model does not know\n")
-    w(f"The corpus's `background` and `unknown` flows ({total} flows with a complete window) are not "
+    w(f"The corpus's `background` and `unknown` flows ({total // repeats} flows with a complete window"
+      f"{f', counted once per repeat: {total}' if repeats > 1 else ''}) are not "
       "training targets. Per fold, the threshold under which the runner reports `unknown` is the "
       "highest that rejects at most 5% of correctly classified validation flows "
       f"(thresholds: {', '.join(str(b['threshold']) for b in bg)}). At those thresholds "
@@ -101,15 +114,21 @@ def main():
       f"{rejected} labelled test flows are turned into `unknown`.\n")
     if ablations:
         w("## Ablations\n")
-        w("Each row changes one thing against the main settings; CNN-LSTM float, no baselines, same folds.\n")
-        w("| ablation | flags | flow macro-F1 | per fold |")
-        w("| --- | --- | --- | --- |")
-        main_row = next(r for r in ev["summary"] if r["name"] == "CNN-LSTM float")
-        w(f"| main settings | (none) | {main_row['macro_f1']:.3f} | {' '.join(f'{v:.3f}' for v in main_row['fold_macro_f1'])} |")
+        w("Each row changes one thing against the main settings; CNN-LSTM float, no baselines, same "
+          "folds, with the repeats given in the table.\n")
+        w("| ablation | flags | repeats | flow macro-F1 | per repeat | per fold |")
+        w("| --- | --- | --- | --- | --- | --- |")
+
+        def ablation_row(name, flags, run, row):
+            per_repeat = row.get("repeat_macro_f1") or [row["macro_f1"]]
+            spread = " ".join(f"{v:.3f}" for v in per_repeat) if len(per_repeat) > 1 else "(one run)"
+            w(f"| {name} | {flags} | {run.get('repeats', 1)} | {row['macro_f1']:.3f} | {spread} | "
+              f"{' '.join(f'{v:.3f}' for v in row['fold_macro_f1'])} |")
+
+        ablation_row("main settings", "(none)", ev, next(r for r in ev["summary"] if r["name"] == "CNN-LSTM float"))
         for name, path in ablations:
             a = load(path)
-            row = a["summary"][0]
-            w(f"| {name} | `{a.get('flags', '')}` | {row['macro_f1']:.3f} | {' '.join(f'{v:.3f}' for v in row['fold_macro_f1'])} |")
+            ablation_row(name, f"`{a.get('flags', '')}`", a, a["summary"][0])
         w("")
     if notes:
         with open(notes) as f:
@@ -119,14 +138,16 @@ def main():
     w("export EDGE_ETC_CORPUS=/path/to/corpus")
     w("edge-etc evaluate -o evaluation                      # main run: baselines and int8")
     for name, path in ablations:
-        w(f"edge-etc evaluate -o ablation-{name.replace(' ', '-')} {load(path).get('flags', '')} "
-          "--no-baselines --no-int8")
+        a = load(path)
+        w(f"edge-etc evaluate -o ablation-{name.replace(' ', '-')} {a.get('flags', '')} "
+          f"--repeats {a.get('repeats', 1)} --no-baselines --no-int8")
     w("python docs/make_evaluation_page.py evaluation 'NAME=ablation-DIR' ... "
       "--notes docs/evaluation/findings.md > docs/EVALUATION.md")
     w("```\n")
     w(f"Machine: 2-core x86-64 VM, {platform.python_implementation()} {platform.python_version()}, "
-      f"TensorFlow 2.21 (CPU). The main run took {ev['seconds']:.0f} s; the whole page, main run "
-      "and ablations, takes about 20 minutes. `edge-etc evaluate --preset ci` is the small version "
+      f"TensorFlow 2.21 (CPU). The main run took {ev['seconds'] / 60:.0f} minutes; the whole page, "
+      f"main run and ablations, took {(ev['seconds'] + sum(load(p)['seconds'] for _, p in ablations)) / 60:.0f} "
+      "minutes. `edge-etc evaluate --preset ci` is the small version "
       "(2 folds, 2 epochs, 30 captures) for CI.")
     print("\n".join(out))
 
