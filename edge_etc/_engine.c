@@ -185,7 +185,6 @@ typedef struct {
     unsigned char *pending_windows;
     pending_t *pending;
     Py_ssize_t pending_count, pending_capacity;
-    Py_ssize_t exports;
     /* decisions */
     Py_ssize_t classes;
     double threshold;
@@ -1274,6 +1273,11 @@ static int engine_init(EngineObject *e, PyObject *args, PyObject *kwargs)
     e->vec_bytes = fp_vector_length(&e->vs, 0);
     e->row_bytes = e->vec_bytes + e->port_buckets;
     e->window_bytes = e->row_bytes * window_packets;
+    if (capacity > PY_SSIZE_T_MAX / e->window_bytes) {
+        PyErr_Format(PyExc_ValueError, "capacity %zd times %zd bytes per window does not fit "
+                     "in memory addresses; use a smaller batch", capacity, e->window_bytes);
+        return -1;
+    }
     e->max_flows = max_flows;
     e->idle_timeout_s = idle_timeout_s;
     e->expiry_interval_s = idle_timeout_s / 2 < 1.0 ? idle_timeout_s / 2 : 1.0;
@@ -1308,6 +1312,19 @@ static int engine_init(EngineObject *e, PyObject *args, PyObject *kwargs)
     }
     memset(e->buckets, 0xFF, sizeof(uint32_t) * 1024);
     return 0;
+}
+
+/* An engine whose __init__ has not run is empty: every method works on no flows. */
+static PyObject *engine_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
+{
+    (void)args;
+    (void)kwargs;
+    EngineObject *e = (EngineObject *)type->tp_alloc(type, 0);
+    if (e == NULL)
+        return NULL;
+    e->free_head = e->oldest = e->newest = NONE;
+    e->vector_pool.free_head = e->decision_pool.free_head = NONE;
+    return (PyObject *)e;
 }
 
 static int engine_traverse(EngineObject *e, visitproc visit, void *arg)
@@ -1349,22 +1366,12 @@ static int engine_getbuffer(EngineObject *e, Py_buffer *view, int flags)
         PyErr_SetString(PyExc_BufferError, "the engine is not initialized");
         return -1;
     }
-    if (PyBuffer_FillInfo(view, (PyObject *)e, e->pending_windows,
-                          e->pending_capacity * e->window_bytes, 1, flags) < 0)
-        return -1;
-    e->exports++;
-    return 0;
-}
-
-static void engine_releasebuffer(EngineObject *e, Py_buffer *view)
-{
-    (void)view;
-    e->exports--;
+    return PyBuffer_FillInfo(view, (PyObject *)e, e->pending_windows,
+                             e->pending_capacity * e->window_bytes, 1, flags);
 }
 
 static PyBufferProcs engine_as_buffer = {
     .bf_getbuffer = (getbufferproc)engine_getbuffer,
-    .bf_releasebuffer = (releasebufferproc)engine_releasebuffer,
 };
 
 static Py_ssize_t engine_length(EngineObject *e)
@@ -1441,7 +1448,7 @@ PyTypeObject FpEngineType = {
                         "compiled flow table, windowing and decision rule."),
     .tp_basicsize = sizeof(EngineObject),
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
-    .tp_new = PyType_GenericNew,
+    .tp_new = engine_new,
     .tp_init = (initproc)engine_init,
     .tp_dealloc = (destructor)engine_dealloc,
     .tp_traverse = (traverseproc)engine_traverse,

@@ -249,6 +249,19 @@ def test_engine_rejects_packets_when_pending_full():
 
 
 @needs_engine
+def test_engine_without_init_is_empty():
+    e = fastpath.native.Engine.__new__(fastpath.native.Engine)
+    e.flush()
+    e.advance(5.0)
+    assert len(e) == 0
+    assert e.take_windows() == (b"", [])
+    with pytest.raises(RuntimeError):
+        e.process(1.0, 1, ethernet_tcp(1, 2), 60)
+    with pytest.raises(RuntimeError):
+        e.decide(np.zeros((0, 2), np.float32), True)
+
+
+@needs_engine
 def test_engine_hands_back_unusual_frames():
     e = engine.new_engine(SETTINGS, 10, 60.0, 1, 4, decisions=False)
     arp = bytes(12) + b"\x08\x06" + bytes(28)
