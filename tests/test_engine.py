@@ -165,6 +165,55 @@ def test_dataset_windows_identical_on_corpus():
     assert windows > 10000
 
 
+# Settings whose window shapes the runner's model does not use: one, two and five packets
+# per window, no context or port block, and every packet in windows.
+WINDOW_SETTINGS = [
+    Preprocessing(vector_bytes=64, window_packets=1, context=False, port_buckets=0),
+    Preprocessing(vector_bytes=80, window_packets=2, window_rule="all", context=True,
+                  port_buckets=0),
+    Preprocessing(vector_bytes=152, window_packets=5, context=True, port_buckets=16),
+    Preprocessing(vector_bytes=48, window_packets=3, server_port=False, context=False,
+                  port_buckets=0),
+]
+
+
+@needs_engine
+@pytest.mark.parametrize("settings", WINDOW_SETTINGS, ids=["one", "two_all", "five", "masked_port"])
+def test_window_shapes_identical(settings, tmp_path):
+    """Engine windows, flows and counters equal the Python flow table's for other window
+    shapes, with small tables that evict and expire, over the test captures and 3,000
+    generated flows."""
+    sys.path.insert(0, os.path.join(ROOT, "fuzz"))
+    import fastpath_diff
+
+    paths = capture_files(CASES) + write_many_flows(str(tmp_path))
+    saved = fastpath_diff.ENGINE_SETTINGS, dict(fastpath_diff.TABLE)
+    windows = 0
+    try:
+        fastpath_diff.ENGINE_SETTINGS = settings
+        for table in (dict(max_flows=7, idle_timeout_s=1.0, max_windows=2),
+                      dict(max_flows=100000, idle_timeout_s=120.0, max_windows=1000)):
+            fastpath_diff.TABLE.clear()
+            fastpath_diff.TABLE.update(table)
+            for path in paths:
+                try:
+                    fast = fastpath_diff.windows_engine(path, 1 << 20)
+                except Exception as e:  # a file the reader rejects: both must reject it
+                    with pytest.raises(type(e)):
+                        fastpath_diff.windows_python(path, 1 << 20)
+                    continue
+                slow = fastpath_diff.windows_python(path, 1 << 20)
+                assert fast[2] == slow[2], (path, table)
+                assert fast[1] == slow[1], (path, table)
+                assert fast[0] == slow[0], (path, table)
+                windows += len(fast[0])
+    finally:
+        fastpath_diff.ENGINE_SETTINGS = saved[0]
+        fastpath_diff.TABLE.clear()
+        fastpath_diff.TABLE.update(saved[1])
+    assert windows > 1000
+
+
 # --- edge-etc run, engine against Python ----------------------------------------------------
 
 def run_cli_both(args, tmp_path):
