@@ -13,7 +13,6 @@ The runner reads it with `load_model_info`, so a model always runs with the prep
 it was trained with. A model without the entry is rejected.
 """
 
-import importlib.resources
 import json
 import os
 
@@ -41,8 +40,13 @@ class ModelInfo:
 
 
 def default_model_path():
-    """Return the path of the model that ships inside the package."""
-    return str(importlib.resources.files("edge_etc").joinpath("models/default.tflite"))
+    """Return the path of the model that ships inside the package.
+
+    pip installs the package as files, and its compiled extension could not load from a
+    zip anyway, so the model is next to this module. importlib.resources, which also reads
+    zips, added 0.5 MiB to the resident memory before the first packet.
+    """
+    return os.path.join(os.path.dirname(os.path.abspath(__file__)), "models", "default.tflite")
 
 
 def encode_metadata(labels, preprocessing, unknown_threshold=0.0, info=None):
