@@ -8,12 +8,12 @@
  *
  * Memory: a flow is one fixed-size slot in blocks of slots, with no Python object. Each of
  * its buffered vectors is an item of a pool of fixed-size items, taken at a usable packet
- * and given back when no later window needs it or the flow leaves the table. (Items without
- * the trailing zero bytes of a vector, allocated one by one, saved under 1% of the vector
- * bytes of benchmarks/data/flows_100k.pcap, where most packets are longer than the header
- * part, and added allocator overhead.) With `max_windows` above 1, the
- * probability sums of a decision live in a second pool, referenced by the flow and by its
- * windows waiting for inference, and are freed when the last of them lets go.
+ * and given back when no later window needs it or the flow leaves the table. Items cut to
+ * the vector's last non-zero byte and allocated one by one were tried: they saved under 1%
+ * of the vector bytes of benchmarks/data/flows_100k.pcap, whose packets are mostly longer
+ * than the header part, and the allocator's overhead cost more. With `max_windows` above 1,
+ * the probability sums of a decision live in a second pool, referenced by the flow and by
+ * its windows waiting for inference, and are freed when the last of them lets go.
  *
  * Windows waiting for inference are rows of one contiguous buffer, which the Python side
  * reads through the buffer protocol. Their metadata (key, time stamp, packet count) is
@@ -88,7 +88,7 @@ typedef struct {
     uint32_t refs;     /* the flow, while it may make windows, and each pending window */
     uint32_t results;  /* windows combined */
     int32_t code;      /* label code of the last decision, -1 before the first */
-    uint32_t unused;
+    uint32_t padding;  /* keeps the sums 8-byte aligned */
     double sums[];
 } decision_t;
 
