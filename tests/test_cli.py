@@ -72,9 +72,11 @@ def test_file_run_stopped_by_signal_exit_code(tmp_path, signum, code):
 def test_signal_before_input_opens_exit_code(signum, code):
     """A signal while the run still waits for the capture file header, before the run's
     own handlers exist: one line and 128 + N, not click's "Aborted!" or a traceback."""
+    # The command keeps a signal its parent ignores ignored (a background job of a
+    # non-interactive shell ignores SIGINT), so the child starts with the default action.
     proc = subprocess.Popen([sys.executable, "-m", "edge_etc", "run", "--pcap", "-",
                              "-o", os.devnull], stdin=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+                            text=True, preexec_fn=lambda: signal.signal(signum, signal.SIG_DFL))
     try:
         time.sleep(2)  # start-up takes about 0.2 s; the run then blocks reading stdin
         assert proc.poll() is None
