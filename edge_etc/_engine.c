@@ -182,7 +182,7 @@ typedef struct {
     unsigned char *scratch;  /* one vector */
     /* counters */
     unsigned long long packets, flows_created, evictions, expirations, too_short, windows,
-        classified, relabelled, time_jumps_back, time_jumps_forward;
+        time_jumps_back, time_jumps_forward;
     /* pending windows */
     unsigned char *pending_windows;
     pending_t *pending;
@@ -1106,12 +1106,15 @@ static PyObject *record_dict(EngineObject *e, const pending_t *p, int code, doub
     return record;
 }
 
-/* decide(probabilities, as_text) -> (output, records)
+/* decide(probabilities, as_text) -> (records, first)
  *
  * Combines the class probabilities of the pending windows (a float32 array of shape
  * (pending, classes), in pending order) into decisions with the rule of Pipeline.infer,
- * counts them, and empties the pending windows. `output` is the records as JSON lines in one
- * str when `as_text` is true, else a list of dicts. */
+ * and empties the pending windows. `records` lists the output records, each one JSON line
+ * (a str ending in a newline) when `as_text` is true, else a dict. `first` has one byte per
+ * record: 1 for a flow's first decision, 0 for a later one that changed its label. The
+ * caller counts them as it writes each record, as Pipeline.infer does, so that an output
+ * that fails partway leaves the same counters. */
 static PyObject *engine_decide(EngineObject *e, PyObject *args)
 {
     PyObject *probs_obj;
@@ -1137,11 +1140,13 @@ static PyObject *engine_decide(EngineObject *e, PyObject *args)
     const Py_ssize_t classes = e->classes;
     const int unknown_code = (int)classes;
     text_t text = {NULL, 0, 0};
-    PyObject *records = as_text ? NULL : PyList_New(0);
+    PyObject *records = PyList_New(0);
+    /* 1 per record for a flow's first decision; a window makes at most one record. */
+    unsigned char *first = PyMem_Malloc(n ? (size_t)n : 1);
     double *mean = PyMem_Malloc(sizeof(double) * classes * 2);
     Py_ssize_t written = 0;
-    int failed = mean == NULL || (!as_text && records == NULL);
-    if (mean == NULL)
+    int failed = mean == NULL || first == NULL || records == NULL;
+    if (mean == NULL || first == NULL)
         PyErr_NoMemory();
     double *single = mean + classes;
     for (Py_ssize_t w = 0; w < n && !failed; w++) {
@@ -1179,22 +1184,22 @@ static PyObject *engine_decide(EngineObject *e, PyObject *args)
         }
         if (code == previous)
             continue;
-        if (previous < 0)
-            e->classified++;
-        else
-            e->relabelled++;
-        written++;
+        first[written++] = previous < 0;
+        PyObject *record;
         if (as_text) {
-            failed = append_record_text(e, &text, p, code, confidence, results) < 0;
+            text.len = 0;
+            record = append_record_text(e, &text, p, code, confidence, results) < 0 ? NULL
+                     : PyUnicode_DecodeASCII(text.data, (Py_ssize_t)text.len, "strict");
         }
         else {
-            PyObject *record = record_dict(e, p, code, confidence, results);
-            failed = record == NULL || PyList_Append(records, record) < 0;
-            Py_XDECREF(record);
+            record = record_dict(e, p, code, confidence, results);
         }
+        failed = record == NULL || PyList_Append(records, record) < 0;
+        Py_XDECREF(record);
     }
     PyBuffer_Release(&probs);
     PyMem_Free(mean);
+    PyMem_Free(text.data);
     /* The windows are consumed even after a failure: their decision references are gone. */
     if (failed) {
         for (Py_ssize_t w = 0; w < n; w++)
@@ -1202,17 +1207,17 @@ static PyObject *engine_decide(EngineObject *e, PyObject *args)
     }
     e->pending_count = 0;
     if (failed) {
-        PyMem_Free(text.data);
+        PyMem_Free(first);
         Py_XDECREF(records);
         return NULL;
     }
-    if (as_text) {
-        records = PyUnicode_DecodeASCII(text.data ? text.data : "", (Py_ssize_t)text.len, "strict");
-        PyMem_Free(text.data);
-        if (records == NULL)
-            return NULL;
+    PyObject *kinds = PyBytes_FromStringAndSize((const char *)first, written);
+    PyMem_Free(first);
+    if (kinds == NULL) {
+        Py_DECREF(records);
+        return NULL;
     }
-    return Py_BuildValue("(Nn)", records, written);
+    return Py_BuildValue("(NN)", records, kinds);
 }
 
 /* take_windows() -> (windows, flows)
@@ -1471,8 +1476,6 @@ static PyMemberDef engine_members[] = {
     COUNTER(expirations, "Flows expired after the idle timeout."),
     COUNTER(too_short, "Flows that left the table before their first window."),
     COUNTER(windows, "Windows completed."),
-    COUNTER(classified, "Flows decided for the first time."),
-    COUNTER(relabelled, "Later decisions that changed a flow's label."),
     COUNTER(time_jumps_back, "Packets stamped more than 1 s before the clock."),
     COUNTER(time_jumps_forward, "Forward time stamp jumps over 10 idle timeouts."),
     {"pending", T_PYSSIZET, offsetof(EngineObject, pending_count), READONLY,
@@ -1498,7 +1501,7 @@ static PyMethodDef engine_methods[] = {
      "advance(now): move the clock forward to `now` and expire idle flows."},
     {"flush", (PyCFunction)engine_flush, METH_NOARGS, "flush(): end every flow."},
     {"decide", (PyCFunction)engine_decide, METH_VARARGS,
-     "decide(probabilities, as_text) -> (output, records): decide the pending windows."},
+     "decide(probabilities, as_text) -> (records, first): decide the pending windows."},
     {"take_windows", (PyCFunction)engine_take_windows, METH_NOARGS,
      "take_windows() -> (windows, flows): empty the pending windows without deciding."},
     {"memory", (PyCFunction)engine_memory, METH_NOARGS,

@@ -16,8 +16,9 @@ windows, per control tick and for the records the fast decoder hands back:
 - The pending windows are rows of one buffer in the engine, which the classifier reads as
   a 2-D uint8 array. The engine copies each window's flow key, time stamp and packet count
   when the window completes, so a flow evicted before inference changes nothing.
-- Records are formatted in C: as JSON lines text when the output is JSON lines alone, else
-  as dicts for `write` (anonymizing, syslog and Prometheus need the fields).
+- Records are formatted in C: as JSON lines when the output is JSON lines alone, else as
+  dicts for `write` (anonymizing, syslog and Prometheus need the fields). Python writes
+  them one by one and counts them, as the Python pipeline does.
 """
 
 import collections
@@ -198,8 +199,8 @@ class EnginePipeline(EngineFeeder):
     Args:
         classifier: an `edge_etc.infer.Classifier`.
         write: called with each output record (a dict). When it has a `text_writer()`
-            method that returns a callable, that callable gets the records as JSON lines
-            text instead (see `edge_etc.outputs.Outputs.text_writer`).
+            method that returns a callable, that callable gets each record as one JSON
+            line instead (see `edge_etc.outputs.Outputs.text_writer`).
         max_flows, idle_timeout_s, max_windows: see `edge_etc.flows.FlowTable`.
         batch_size: windows collected before the interpreter runs.
     """
@@ -215,7 +216,7 @@ class EnginePipeline(EngineFeeder):
         self._windows = np.frombuffer(self.engine, dtype=np.uint8).reshape(
             batch_size, self.engine.window_bytes)
         text_writer = getattr(write, "text_writer", None)
-        self._write_text = text_writer() if text_writer is not None else None
+        self._write_line = text_writer() if text_writer is not None else None
 
     def read_capture(self, capture, control, keep=None):
         """Log and feed every record of an open `CaptureFile` (`runner.run_file`)."""
@@ -229,14 +230,18 @@ class EnginePipeline(EngineFeeder):
         if not n:
             return
         probabilities = self.classifier.predict(self._windows[:n])
-        if self._write_text is not None:
-            text, written = engine.decide(probabilities, True)
-            if written:
-                self._write_text(text, written)
-        else:
-            records, _ = engine.decide(probabilities, False)
-            for record in records:
-                self.write(record)
+        as_text = self._write_line is not None
+        records, first = engine.decide(probabilities, as_text)
+        write = self._write_line if as_text else self.write
+        stats = self.stats
+        # Each record is counted just before it is written, as Pipeline.infer does, so an
+        # output that fails partway (a full disk) leaves the same counters.
+        for record, is_first in zip(records, first):
+            if is_first:
+                stats.classified += 1
+            else:
+                stats.relabelled += 1
+            write(record)
 
     def summary(self):
         """Return the run's counters as one dict, with the keys of `Pipeline.summary`."""

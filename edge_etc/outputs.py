@@ -389,7 +389,7 @@ class Outputs:
             self.syslog(record)
 
     def text_writer(self):
-        """Return a callable that writes records formatted as JSON lines text, or None when
+        """Return a callable that writes one record formatted as a JSON line, or None when
         the records must come as dicts: with anonymizing, syslog or Prometheus, which read
         the fields, or with no JSON lines output."""
         if (self.json_lines is None or self.anonymizer is not None or self.syslog is not None

@@ -230,9 +230,10 @@ class Pipeline:
 def summary_of(stats, counters, table, decoder):
     """Return a run's counters as one dict.
 
-    `counters` has the counts of packets, windows, classified, relabelled and too_short
-    (a `Stats` or an engine), `table` those of flows_created, evictions and expirations and
-    the open flows as its length (a `FlowTable` or an engine).
+    `counters` has the counts of packets, windows and too_short (a `Stats` or an engine),
+    `table` those of flows_created, evictions and expirations and the open flows as its
+    length (a `FlowTable` or an engine). Both pipelines count classified and relabelled
+    flows in `stats`, as they write the records.
     """
     out = {
         "records": stats.records,
@@ -241,8 +242,8 @@ def summary_of(stats, counters, table, decoder):
         "flows": table.flows_created,
         "open_flows": len(table),
         "windows": counters.windows,
-        "classified": counters.classified,
-        "relabelled": counters.relabelled,
+        "classified": stats.classified,
+        "relabelled": stats.relabelled,
         "too_short": counters.too_short,
         "skipped": sum(stats.skipped.values()),
         "malformed": sum(stats.malformed.values()),
@@ -293,14 +294,18 @@ class JsonLines:
         self.f.write(json.dumps(record, separators=(", ", ": ")) + "\n")
         self.lines += 1
 
-    def write_text(self, text, lines):
-        """Write `lines` records already formatted as JSON lines text."""
-        self.f.write(text)
-        self.lines += lines
+    def write_line(self, line):
+        """Write one record already formatted as a JSON line, newline included.
+
+        One write call per record, as `__call__` makes, so a failing output (a full disk)
+        fails at the same record whichever path formatted it.
+        """
+        self.f.write(line)
+        self.lines += 1
 
     def text_writer(self):
-        """Return the callable that takes records as JSON lines text (see `write_text`)."""
-        return self.write_text
+        """Return the callable that takes one record as a JSON line (see `write_line`)."""
+        return self.write_line
 
     def flush(self):
         self.f.flush()

@@ -9,6 +9,7 @@ the summary, the skip and malformed reasons and the reader's stop message. Other
 `edge-etc run` itself both ways.
 """
 
+import errno
 import glob
 import hashlib
 import io
@@ -265,6 +266,74 @@ def test_cli_many_flows_identical(tmp_path):
         assert fast_out == slow_out, args
         assert fast_summary == slow_summary, args
     assert fast_out.count("\n") >= 2
+
+
+class FullDisk(io.RawIOBase):
+    """A raw output stream that takes `room` bytes, then fails like a full file system."""
+
+    def __init__(self, room):
+        self.room = room
+        self.data = bytearray()
+
+    def writable(self):
+        return True
+
+    def write(self, b):
+        size = min(len(b), self.room - len(self.data))
+        if size <= 0:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        self.data += bytes(b[:size])
+        return size
+
+
+def run_to_full_disk(pipeline_class, path, room, anonymize):
+    """Run `pipeline_class` over `path` into an output that fails after `room` bytes;
+    return (summary, bytes written, whether the write failed)."""
+    from edge_etc.capfile import CaptureFile
+    from edge_etc.infer import Classifier
+    from edge_etc.model import default_model_path, load_model_info
+    from edge_etc.outputs import Anonymizer, Outputs
+    from edge_etc.runner import JsonLines, run_file
+
+    class Control:
+        stop = False
+
+        def tick(self):
+            pass
+
+    raw = FullDisk(room)
+    stream = io.TextIOWrapper(io.BufferedWriter(raw), encoding="utf-8")
+    anonymizer = Anonymizer(b"k" * 32) if anonymize else None
+    outputs = Outputs(JsonLines(None, stream=stream), anonymizer=anonymizer)
+    classifier = Classifier(load_model_info(default_model_path()), batch_size=64)
+    pipeline = pipeline_class(classifier, outputs, max_windows=2, batch_size=64)
+    failed = False
+    try:
+        with CaptureFile(path) as capture:
+            run_file(pipeline, capture, Control())
+        pipeline.finish()
+        outputs.flush()
+    except OSError as e:
+        assert e.errno == errno.ENOSPC
+        failed = True
+    return pipeline.summary(), bytes(raw.data), failed
+
+
+@needs_engine
+@pytest.mark.parametrize("anonymize", [False, True], ids=["text", "dicts"])
+def test_full_disk_counters_identical(anonymize, tmp_path):
+    """When the output fails partway (a full disk), the engine counts the same decisions as
+    the Python pipeline: those up to the record whose write failed."""
+    from edge_etc.runner import Pipeline
+
+    flows = write_many_flows(str(tmp_path))[0]
+    for room in (1, 9000, 50000):
+        fast = run_to_full_disk(engine.EnginePipeline, flows, room, anonymize)
+        slow = run_to_full_disk(Pipeline, flows, room, anonymize)
+        assert slow[2], "the output must fail partway, or this tests nothing"
+        assert fast[2] == slow[2], room
+        assert fast[1] == slow[1], room
+        assert fast[0] == slow[0], room
 
 
 # --- the engine's interface ---------------------------------------------------------------
