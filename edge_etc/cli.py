@@ -67,7 +67,8 @@ def main():
 
 class Control:
     """Signal state of a run: SIGINT/SIGTERM stop it, SIGUSR1 logs the summary and SIGHUP
-    reopens the output file. Handlers only set flags; `tick` acts on them."""
+    reopens the output file. Handlers only set flags; `tick` acts on them. Requests that
+    arrived during start-up (`edge_etc._entry.early_requests`) are acted on at once."""
 
     def __init__(self, on_summary, on_reopen):
         self.stop = False
@@ -82,6 +83,13 @@ class Control:
         if hasattr(signal, "SIGUSR1"):
             signal.signal(signal.SIGUSR1, self._flag_summary)
             signal.signal(signal.SIGHUP, self._flag_reopen)
+            from ._entry import early_requests
+
+            for signum in early_requests:
+                self._summary |= signum == signal.SIGUSR1
+                self._reopen |= signum == signal.SIGHUP
+            early_requests.clear()
+            self.tick()
 
     def _stop(self, signum, _frame):
         self.stop = True

@@ -90,6 +90,31 @@ def test_signal_before_input_opens_exit_code(signum, code):
     assert stderr.strip() == f"edge-etc: stopped by {signal.Signals(signum).name}"
 
 
+def test_summary_and_reopen_requests_during_start_up(tmp_path):
+    """SIGUSR1 and SIGHUP while the run still waits for the capture file header: the run
+    goes on, logs the requested summary and reopens its output once reading starts."""
+    header, records = pcap_parts(PCAP)
+    out = tmp_path / "flows.jsonl"
+    proc = subprocess.Popen([sys.executable, "-m", "edge_etc", "run", "--pcap", "-",
+                             "-o", str(out)], stdin=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        time.sleep(2)  # start-up takes about 0.2 s; the run then blocks reading stdin
+        assert proc.poll() is None
+        proc.send_signal(signal.SIGUSR1)
+        proc.send_signal(signal.SIGHUP)
+        time.sleep(0.5)
+        assert proc.poll() is None, "a request during start-up ended the run"
+        stderr = proc.communicate(header + records, timeout=120)[1].decode()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, stderr
+    assert stderr.count("summary:") == 2, stderr
+    assert f"reopened output file {out}" in stderr
+    assert out.read_text().count("\n") == 2
+
+
 def test_file_run_to_end_exits_0(tmp_path):
     header, records = pcap_parts(PCAP)
     proc = subprocess.run([sys.executable, "-m", "edge_etc", "run", "--pcap", "-"],
