@@ -21,6 +21,8 @@ import io
 import logging
 import lzma
 import os
+import select
+import stat
 import struct
 import sys
 import zlib
@@ -33,6 +35,9 @@ log = logging.getLogger(__name__)
 MAX_RECORD_BYTES = 262144  # libpcap's own maximum snapshot length
 MAX_BLOCK_BYTES = 16 * 1024 * 1024
 CHUNK_BYTES = 1024 * 1024
+# How long a pipe may stay empty before `CaptureFile.on_wait` runs, and how often it runs
+# while the pipe stays empty: the poll interval of a live capture.
+WAIT_S = 0.2
 
 _PCAP_MAGICS = {
     b"\xd4\xc3\xb2\xa1": ("<", 1e-6),
@@ -99,6 +104,10 @@ class CaptureFile:
     inside a record or a record is implausible, iteration stops, `stopped` contains a message
     naming the file, the record number and the byte offset, and a warning is logged.
 
+    An uncompressed pcap stream from a pipe or FIFO is read as its records arrive: while
+    the pipe is empty, `on_wait()`, when set, runs every WAIT_S seconds, and reading stops
+    when it returns True.
+
     Args:
         path: the capture file.
 
@@ -114,6 +123,8 @@ class CaptureFile:
         self.snaplen = None
         self._buffer = None  # the pcap reader's bytearray, see _refill
         self._view = None
+        self._wait_fd = None  # the pipe's descriptor, in non-blocking mode; see on_wait
+        self.on_wait = None
         self._f, self.compression = _open_checked(path)
         try:
             head = self._read_or_fail(4, "file header")
@@ -131,6 +142,29 @@ class CaptureFile:
         except CaptureFileError:
             self._f.close()
             raise
+        self._watch_pipe()
+
+    def _watch_pipe(self):
+        """Switch an uncompressed pcap stream from a pipe, FIFO or socket to non-blocking reads.
+
+        A blocking read of such a stream holds back the records that have arrived until a
+        whole chunk is there, and a signal waits for the writer. In non-blocking mode the
+        reader takes what has arrived and, while nothing comes, calls `on_wait` every
+        WAIT_S seconds.
+
+        NOTE: a compressed or pcapng stream still blocks, so its signals are acted on only
+        when its writer sends more or ends.
+        """
+        if self.format != "pcap" or self.compression is not None:
+            return
+        try:
+            fd = self._f.fileno()
+            if stat.S_ISREG(os.fstat(fd).st_mode):
+                return
+            os.set_blocking(fd, False)
+        except (OSError, ValueError):
+            return
+        self._wait_fd = fd
 
     def _read_or_fail(self, n, what):
         data = self._f.read(n)
@@ -264,7 +298,14 @@ class CaptureFile:
         while have < need:
             size = fill - have
             try:
-                count = self._f.readinto(self._view[have:have + size])
+                if self._wait_fd is None:
+                    count = self._f.readinto(self._view[have:have + size])
+                else:
+                    count = self._f.readinto1(self._view[have:have + size])
+                    if count is None:  # the pipe is empty for now
+                        if self._wait():
+                            return None, 0, base, True
+                        continue
             except _STREAM_ERRORS as e:
                 self._stop(f"reading the {self.compression or 'file'} stream failed in record "
                            f"{self.records + 1}: {e}", base)
@@ -274,6 +315,19 @@ class CaptureFile:
                 break
             have += count
         return self._view[:have], 0, base, eof
+
+    def _wait(self):
+        """Wait for the pipe to become readable; return True when `on_wait` returns True.
+
+        `on_wait()` runs each time WAIT_S seconds pass with no data. The reader's owner
+        uses it to classify and write what is pending, and to act on signals.
+        """
+        while True:
+            readable, _, _ = select.select([self._wait_fd], [], [], WAIT_S)
+            if readable:
+                return False
+            if self.on_wait is not None and self.on_wait():
+                return True
 
     # --- pcapng -----------------------------------------------------------------------
 
@@ -427,6 +481,13 @@ class CaptureFile:
             log.warning("%s", self.stopped)
 
     def close(self):
+        if self._wait_fd is not None:
+            try:
+                # The descriptor may be shared (standard input): leave it as it came.
+                os.set_blocking(self._wait_fd, True)
+            except OSError:
+                pass
+            self._wait_fd = None
         self._f.close()
 
     def __enter__(self):

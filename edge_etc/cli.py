@@ -239,8 +239,17 @@ def _classify(pcap_file, capture, handle, keep, settings, strict, model, classif
                              batch_size=settings.model.batch_size)
     outputs.attach(pipeline)
     control = Control(pipeline.log_summary, outputs.reopen)
+
+    def on_wait():
+        # A pipe with no data for a moment: write out what is decided, as a live run does.
+        pipeline.infer()
+        outputs.flush()
+        control.tick()
+        return control.stop
+
     try:
         if capture is not None:
+            capture.on_wait = on_wait
             with capture:
                 run_file(pipeline, capture, control, keep)
         else:

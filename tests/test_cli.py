@@ -3,6 +3,7 @@ variables and messages, each run through the real command."""
 
 import os
 import re
+import select
 import signal
 import subprocess
 import sys
@@ -113,6 +114,36 @@ def test_summary_and_reopen_requests_during_start_up(tmp_path):
     assert stderr.count("summary:") == 2, stderr
     assert f"reopened output file {out}" in stderr
     assert out.read_text().count("\n") == 2
+
+
+@pytest.mark.parametrize("pure_python", [False, True])
+def test_open_pipe_writes_decisions_and_stops(pure_python):
+    """Records on a pipe whose writer stays open: the decisions come out while it waits,
+    and SIGTERM ends the run then, not when the writer closes."""
+    header, records = pcap_parts(PCAP)
+    env = dict(os.environ, EDGE_ETC_PURE_PYTHON="1" if pure_python else "0")
+    proc = subprocess.Popen([sys.executable, "-m", "edge_etc", "run", "--pcap", "-"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=env)
+    try:
+        proc.stdin.write(header + records)
+        proc.stdin.flush()
+        ready, _, _ = select.select([proc.stdout], [], [], 60)
+        assert ready, "no decision written while the pipe stayed open"
+        first = proc.stdout.readline()
+        assert first.startswith(b'{"ts": '), first
+        proc.send_signal(signal.SIGTERM)
+        started = time.monotonic()
+        out, err = proc.communicate(timeout=30)
+        waited = time.monotonic() - started
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 143, err
+    assert b"Traceback" not in err
+    assert waited < 10, f"the run took {waited:.1f} s to stop"
+    assert len((first + out).splitlines()) == 2  # both flows of the capture
 
 
 def test_file_run_to_end_exits_0(tmp_path):
