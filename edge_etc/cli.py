@@ -78,8 +78,11 @@ class Control:
         self._reopen = False
         self._on_summary = on_summary
         self._on_reopen = on_reopen
-        signal.signal(signal.SIGINT, self._stop)
-        signal.signal(signal.SIGTERM, self._stop)
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            # A signal ignored by the parent (SIGINT in a background job of a
+            # non-interactive shell) stays ignored, as in edge_etc._entry.
+            if signal.getsignal(signum) is not signal.SIG_IGN:
+                signal.signal(signum, self._stop)
         if hasattr(signal, "SIGUSR1"):
             signal.signal(signal.SIGUSR1, self._flag_summary)
             signal.signal(signal.SIGHUP, self._flag_reopen)
@@ -157,8 +160,21 @@ def run(ctx, config_file, pcap_file, strict, verbose, quiet, **options):
         fail(str(e), e.exit_code)
     setup_logging(verbose, quiet, default=logging.getLevelName(settings.service.log_level.upper()))
     if pcap_file and "iface" in given_options and options["iface"]:
-        raise click.UsageError("give exactly one of --pcap FILE or --iface IFACE")
-    # --pcap replaces the live interface of a --config file; an empty --iface means none.
+        # As for every option, the command line wins over the environment: a source given
+        # there replaces the other source set in a variable. Two sources at one level
+        # are an error.
+        from click.core import ParameterSource
+        pcap_source = ctx.get_parameter_source("pcap_file")
+        iface_source = ctx.get_parameter_source("iface")
+        if pcap_source == iface_source:
+            if pcap_source == ParameterSource.ENVIRONMENT:
+                raise click.UsageError(f"set only one of {config.env_var('--pcap')} and "
+                                       f"{config.env_var('--iface')}")
+            raise click.UsageError("give exactly one of --pcap FILE or --iface IFACE")
+        if pcap_source != ParameterSource.COMMANDLINE:
+            pcap_file = None
+    # --pcap replaces the live interface of a --config file or variable; an empty --iface
+    # means none.
     iface = None if pcap_file else settings.capture.interface
     if not pcap_file and not iface:
         raise click.UsageError("give --pcap FILE or --iface IFACE, or set capture.interface "

@@ -3,6 +3,7 @@ same reader, decoder, flow table and vectorizer the runner uses."""
 
 import collections
 import os
+import signal
 import subprocess
 import sys
 
@@ -29,6 +30,16 @@ def corpus():
     if not os.path.isfile(os.path.join(CORPUS, "FLOWS.tsv")):
         pytest.skip(f"corpus not present at {CORPUS}")
     return CORPUS
+
+
+def default_sigint():
+    """Give a child the default SIGINT action (a `preexec_fn`).
+
+    edge-etc keeps a signal ignored when its parent ignores it, and pytest run as a
+    background job of a non-interactive shell ignores SIGINT. Tests that stop the command
+    with SIGINT start it with this.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def run_cli(*args, timeout=300, **kwargs):

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from conftest import case, corpus  # noqa: F401 (corpus is a fixture)
+from conftest import case, corpus, default_sigint  # noqa: F401 (corpus is a fixture)
 
 PCAP = case("eth_tls_2flows.pcap")
 PCAP_HEADER_BYTES = 24
@@ -35,7 +35,8 @@ def test_file_run_stopped_by_signal_exit_code(tmp_path, signum, code):
     err_path = tmp_path / "stderr.txt"
     with open(err_path, "w") as err:
         proc = subprocess.Popen([sys.executable, "-m", "edge_etc", "run", "--pcap", "-",
-                                 "-o", str(out)], stdin=subprocess.PIPE, stderr=err)
+                                 "-o", str(out)], stdin=subprocess.PIPE, stderr=err,
+                                preexec_fn=default_sigint)
     try:
         proc.stdin.write(header + records)
         proc.stdin.flush()
@@ -73,11 +74,9 @@ def test_file_run_stopped_by_signal_exit_code(tmp_path, signum, code):
 def test_signal_before_input_opens_exit_code(signum, code):
     """A signal while the run still waits for the capture file header, before the run's
     own handlers exist: one line and 128 + N, not click's "Aborted!" or a traceback."""
-    # The command keeps a signal its parent ignores ignored (a background job of a
-    # non-interactive shell ignores SIGINT), so the child starts with the default action.
     proc = subprocess.Popen([sys.executable, "-m", "edge_etc", "run", "--pcap", "-",
                              "-o", os.devnull], stdin=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, preexec_fn=lambda: signal.signal(signum, signal.SIG_DFL))
+                            text=True, preexec_fn=default_sigint)
     try:
         time.sleep(2)  # start-up takes about 0.2 s; the run then blocks reading stdin
         assert proc.poll() is None
@@ -241,3 +240,55 @@ def test_train_few_captures_warns_and_reports(corpus, tmp_path):
     assert "Unknown threshold: 0.00" in report
     assert "no validation captures" in report
     assert "the model never reports unknown" in report
+
+
+# --- a capture source from the command line and from the environment ------------------------
+
+def test_command_line_pcap_wins_over_iface_variable():
+    env = dict(os.environ, EDGE_ETC_RUN_IFACE="edgeetc-none0")
+    r = subprocess.run([sys.executable, "-m", "edge_etc", "run", "--pcap", PCAP],
+                       capture_output=True, text=True, timeout=120, env=env)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.count("\n") == 2
+
+
+def test_command_line_iface_wins_over_pcap_variable():
+    env = dict(os.environ, EDGE_ETC_RUN_PCAP=PCAP)
+    r = subprocess.run([sys.executable, "-m", "edge_etc", "run", "--iface", "edgeetc-none0"],
+                       capture_output=True, text=True, timeout=120, env=env)
+    assert r.returncode == 1, r.stderr
+    assert "edgeetc-none0" in r.stderr
+
+
+def test_both_source_variables_rejected():
+    env = dict(os.environ, EDGE_ETC_RUN_PCAP=PCAP, EDGE_ETC_RUN_IFACE="edgeetc-none0")
+    r = subprocess.run([sys.executable, "-m", "edge_etc", "run"],
+                       capture_output=True, text=True, timeout=120, env=env)
+    assert r.returncode == 2, r.stderr
+    assert "set only one of EDGE_ETC_RUN_PCAP and EDGE_ETC_RUN_IFACE" in r.stderr
+
+
+def test_ignored_sigint_stays_ignored():
+    """A parent that ignores SIGINT (a background job of a non-interactive shell): the
+    run keeps going on SIGINT, before and after its input opens, and SIGTERM stops it."""
+    header, records = pcap_parts(PCAP)
+    proc = subprocess.Popen([sys.executable, "-m", "edge_etc", "run", "--pcap", "-"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    try:
+        time.sleep(2)  # blocked on the file header: start-up handlers
+        proc.send_signal(signal.SIGINT)
+        proc.stdin.write(header + records)
+        proc.stdin.flush()
+        ready, _, _ = select.select([proc.stdout], [], [], 60)
+        assert ready, "no decision written"
+        proc.send_signal(signal.SIGINT)  # the run's own handlers
+        time.sleep(1)
+        assert proc.poll() is None
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 143

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from conftest import CORPUS, case, run_cli
+from conftest import CORPUS, case, default_sigint, run_cli
 
 pytestmark = pytest.mark.live
 
@@ -45,7 +45,8 @@ def veth():
 def start_runner(rx, *extra):
     proc = subprocess.Popen(["ip", "netns", "exec", rx, sys.executable, "-m", "edge_etc", "run",
                              "--iface", "veth-rx", *extra],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=default_sigint)
     # Wait until the capture is open.
     deadline = time.time() + 30
     lines = []
