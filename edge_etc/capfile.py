@@ -135,10 +135,10 @@ class CaptureFile:
                 self.format = "pcapng"
                 self._start_pcapng()
             else:
-                raise CaptureFileError(f"{path}: not a pcap or pcapng file (magic {head.hex()})")
+                raise CaptureFileError(f"{self.path}: not a pcap or pcapng file (magic {head.hex()})")
         except _STREAM_ERRORS as e:
             self._f.close()
-            raise CaptureFileError(f"{path}: cannot read: {e}") from None
+            raise CaptureFileError(f"{self.path}: cannot read: {e}") from None
         except CaptureFileError:
             self._f.close()
             raise

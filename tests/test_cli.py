@@ -292,3 +292,10 @@ def test_ignored_sigint_stays_ignored():
             proc.kill()
             proc.wait()
     assert proc.returncode == 143
+
+
+def test_stdin_named_stdin_in_errors():
+    r = subprocess.run([sys.executable, "-m", "edge_etc", "run", "--pcap", "-"],
+                       input=b"text\n", capture_output=True, timeout=120)
+    assert r.returncode == 2
+    assert r.stderr.decode().strip() == "edge-etc: error: stdin: not a pcap or pcapng file (magic 74657874)"

@@ -3,8 +3,8 @@
 #
 # Usage: sudo ./install.sh [--iface IFACE] [--source SPEC] [--no-start]
 #   --iface IFACE   interface to classify [default: the interface of the default route]
-#   --source SPEC   what pip installs: a release name, a checkout directory or a wheel
-#                   [default: edge-etc]
+#   --source SPEC   what pip installs: a checkout directory or a wheel
+#                   [default: the checkout this script is in]
 #   --no-start      install and enable the service, but do not start it
 #
 # Makes: the system user edge-etc; a virtual environment in /opt/edge-etc;
@@ -52,7 +52,9 @@ write_config() {
 main() {
 	here=$(cd "$(dirname "$0")" && pwd)
 	iface=
-	source_spec=edge-etc
+	# edge-etc is not published on PyPI: a bare name would install whatever package
+	# holds it there, so the default is this checkout.
+	source_spec=$(cd "$here/../.." && pwd)
 	start=1
 	while [ $# -gt 0 ]; do
 		case $1 in
@@ -64,6 +66,9 @@ main() {
 		esac
 	done
 	[ "$(id -u)" -eq 0 ] || die "run as root, e.g. with sudo"
+	if [ -d "$source_spec" ] && [ ! -f "$source_spec/pyproject.toml" ]; then
+		die "$source_spec is not an edge-etc checkout (no pyproject.toml); give --source"
+	fi
 	[ -n "$iface" ] || iface=$(default_iface)
 	[ -n "$iface" ] || die "no default route to take the interface from; give --iface IFACE"
 
