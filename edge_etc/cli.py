@@ -120,7 +120,8 @@ class Control:
               help="TOML settings file ('edge-etc config --defaults' prints one); options "
                    "given on the command line override it.")
 @click.option("--pcap", "pcap_file", metavar="FILE", envvar=config.env_vars("--pcap", "pcap_file"),
-              help="Classify a capture file (pcap or pcapng, optionally gzip/bzip2/xz).")
+              help="Classify a capture file (pcap or pcapng, optionally gzip/bzip2/xz); '-' "
+                   "reads standard input.")
 @config.run_option("capture.interface")
 @config.run_option("capture.filter")
 @config.run_option("model.path")

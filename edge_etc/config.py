@@ -160,9 +160,9 @@ class CaptureConfig(_Section):
     SECTION = "capture"
 
     interface: str = _setting(
-        "", "Network interface to capture from ('any' for all); empty for none. A --pcap "
-        "FILE run ignores capture.interface in a --config file, but rejects a non-empty "
-        "--iface.",
+        "", "Network interface to capture from ('any' for all); empty for none. --pcap FILE "
+        "replaces an interface from a --config file or a variable, and a non-empty --iface "
+        "on the same command line is an error.",
         "--iface", "iface", metavar="IFACE")
     filter: str = _setting(
         "", "BPF filter for live capture and capture files, e.g. 'tcp or udp'; empty for all packets.",

@@ -378,7 +378,7 @@ def test_empty_iface_alone_rejected(recorded):
 def test_run_help_matches_iface_and_strict():
     text = " ".join(invoke("run", "--help").output.split())
     assert "empty for none" in text
-    assert "rejects a non-empty --iface" in text
+    assert "a non-empty --iface on the same command line is an error" in text
     assert "or a record is corrupt or longer than 262144 bytes" in text
 
 
