@@ -35,6 +35,10 @@ CLASS_WEIGHT_POWER = 0.5
 # 0.376. Label smoothing, distillation from three such models and training on the
 # validation captures too scored no higher.
 EMA_MOMENTUM = 0.99
+# A training of fewer than 500 steps uses momentum 1 - EMA_MIN_SHARE_STEPS / steps, so
+# that the average covers about its last fifth (see `fit`).
+EMA_MIN_SHARE_STEPS = 5
+BATCH_SIZE = 256
 # "capture": every capture of a class carries the same total weight; "flow": every flow does.
 WEIGHTINGS = ("capture", "flow")
 DEFAULT_WEIGHTING = "capture"
@@ -70,6 +74,11 @@ def training_weights(y, flow, capture, n_classes, class_power=CLASS_WEIGHT_POWER
             units_in_class = w[mask].sum()  # each flow, or each capture, contributes 1
             w[mask] *= units_in_class ** -class_power
     return w * (len(w) / w.sum())
+
+
+def ema_momentum(steps):
+    """Return the momentum of the weights' moving average for a training of `steps` steps."""
+    return max(0.0, min(EMA_MOMENTUM, 1 - EMA_MIN_SHARE_STEPS / steps))
 
 
 def _decision_text(max_windows):
@@ -122,8 +131,11 @@ def fit(data, train_idx, settings, epochs, seed, val_share=0.15, position_limit=
     model = build_model(settings.window_packets, settings.vector_bytes, n_classes,
                         context_bytes=settings.context_bytes)
     # The model keeps an exponential moving average of its weights over the last ~100
-    # training steps (about one epoch), which Keras swaps in when fit ends.
-    optimizer = keras.optimizers.Adam(1e-3, use_ema=True, ema_momentum=EMA_MOMENTUM)
+    # training steps (about one epoch), which Keras swaps in when fit ends. A short
+    # training (few windows or epochs) averages over its last 20% of steps instead: with
+    # 75 steps, momentum 0.99 would leave 47% of the first step's weights in the average.
+    steps = epochs * max(1, -(-len(y_tr) // BATCH_SIZE))
+    optimizer = keras.optimizers.Adam(1e-3, use_ema=True, ema_momentum=ema_momentum(steps))
     model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy",
                   weighted_metrics=["accuracy"])
     callbacks = []
@@ -136,7 +148,7 @@ def fit(data, train_idx, settings, epochs, seed, val_share=0.15, position_limit=
     # line per epoch on stderr instead.
     callbacks.append(_epoch_logger(epochs))
     model.fit(x_tr, y_tr, sample_weight=w_tr, validation_data=validation,
-              epochs=epochs, batch_size=256, shuffle=True, callbacks=callbacks, verbose=0)
+              epochs=epochs, batch_size=BATCH_SIZE, shuffle=True, callbacks=callbacks, verbose=0)
     return (model, inner_val) if return_val else model
 
 

@@ -54,3 +54,14 @@ def test_weighting_rejects_unknown_mode():
 def test_weights_empty_input():
     empty = np.zeros(0, np.int64)
     assert len(training_weights(empty, empty, empty, 2)) == 0
+
+
+def test_ema_momentum_long_and_short_trainings():
+    from edge_etc.convert.train import EMA_MOMENTUM, ema_momentum
+
+    assert ema_momentum(615) == EMA_MOMENTUM  # the smallest evaluate fold: 41 steps, 15 epochs
+    assert ema_momentum(500) == pytest.approx(EMA_MOMENTUM)
+    short = ema_momentum(75)
+    assert short == pytest.approx(1 - 5 / 75)
+    assert short ** 75 < 0.01  # the first step's weights are gone from the average
+    assert ema_momentum(1) == 0.0
