@@ -9,6 +9,11 @@ from the runner's summary (`capture_drops`, from libpcap's statistics).
 Needs root, iproute2 and tcpreplay. Traffic stays on the veth pair inside the namespaces.
 
 Usage: python benchmarks/bench_live.py CAPTURE [--rates 10000,50000,100000] [--json OUT]
+           [--runner-cpu N] [--replay-cpu M]
+
+--runner-cpu and --replay-cpu pin the runner and tcpreplay to one CPU each (taskset), so
+that "on one core" means the runner had one core to itself. On a veth pair the kernel
+delivers each packet to the capture socket on the sender's CPU, in tcpreplay's time.
 """
 
 import argparse
@@ -32,9 +37,14 @@ def percentile(values, q):
     return values[min(len(values) - 1, int(round(q / 100 * (len(values) - 1))))]
 
 
-def run_rate(tx, rx, capture, rate, loops):
-    proc = subprocess.Popen(["ip", "netns", "exec", rx, sys.executable, "-m", "edge_etc", "run",
-                             "--iface", "veth-rx", "--max-flows", "200000"],
+def pinned(cpu):
+    """Return the command prefix that runs a command on CPU `cpu` (nothing when None)."""
+    return [] if cpu is None else ["taskset", "-c", str(cpu)]
+
+
+def run_rate(tx, rx, capture, rate, loops, runner_cpu=None, replay_cpu=None):
+    proc = subprocess.Popen(["ip", "netns", "exec", rx, *pinned(runner_cpu), sys.executable, "-m",
+                             "edge_etc", "run", "--iface", "veth-rx", "--max-flows", "200000"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1)
     stderr_lines = []
     while True:
@@ -52,8 +62,9 @@ def run_rate(tx, rx, capture, rate, loops):
     reader = threading.Thread(target=read_stdout)
     reader.start()
     started = time.time()
-    replay = subprocess.run(["ip", "netns", "exec", tx, "tcpreplay", "-i", "veth-tx", "--pps", str(rate),
-                             "--loop", str(loops), capture], capture_output=True, text=True)
+    replay = subprocess.run(["ip", "netns", "exec", tx, *pinned(replay_cpu), "tcpreplay", "-i",
+                             "veth-tx", "--pps", str(rate), "--loop", str(loops), capture],
+                            capture_output=True, text=True)
     replay_s = time.time() - started
     time.sleep(1.0)
     proc.terminate()
@@ -82,6 +93,8 @@ def main():
     parser.add_argument("--rates", default="10000,50000,100000,200000")
     parser.add_argument("--loops", type=int, default=1)
     parser.add_argument("--json")
+    parser.add_argument("--runner-cpu", type=int, help="CPU to pin the runner to")
+    parser.add_argument("--replay-cpu", type=int, help="CPU to pin tcpreplay to")
     args = parser.parse_args()
     if os.geteuid() != 0:
         sys.exit("bench_live.py needs root (network namespaces)")
@@ -95,7 +108,8 @@ def main():
         sh("ip", "-n", tx, "link", "set", "veth-tx", "up")
         sh("ip", "-n", rx, "link", "set", "veth-rx", "up")
         for rate in (int(r) for r in args.rates.split(",")):
-            row = run_rate(tx, rx, args.capture, rate, args.loops)
+            row = run_rate(tx, rx, args.capture, rate, args.loops, args.runner_cpu, args.replay_cpu)
+            row["runner_cpu"], row["replay_cpu"] = args.runner_cpu, args.replay_cpu
             rows.append(row)
             print(json.dumps(row))
     finally:

@@ -17,7 +17,7 @@ log = logging.getLogger(__name__)
 POLL_INTERVAL_S = 0.2
 
 
-def open_live(iface, bpf=None, snaplen=65535, promisc=False, buffer_bytes=0):
+def open_live(iface, bpf=None, snaplen=2048, promisc=False, buffer_bytes=0):
     """Open a live capture on `iface` and return the pypcap handle.
 
     `buffer_bytes` is the kernel capture buffer; 0 keeps libpcap's default (2 MiB on Linux).

@@ -244,11 +244,14 @@ def _classify(pcap_file, capture, handle, keep, settings, strict, model, classif
     from .runner import make_pipeline, run_file
 
     pre = model.preprocessing
-    # 14 bytes: the smallest common link header (Ethernet) before the IP header.
-    if capture is not None and capture.snaplen and capture.snaplen - 14 < pre.vector_bytes:
+    # 14 bytes: the smallest common link header (Ethernet) before the IP header. The model
+    # reads header_bytes from the IP header on; the rest of a vector is flow context.
+    snaplen = capture.snaplen if capture is not None else settings.capture.snaplen
+    source = pcap_file if capture is not None else f"--iface {settings.capture.interface}"
+    if snaplen and snaplen - 14 < pre.header_bytes:
         log.warning("%s: snapshot length %d leaves less than the model's %d bytes per packet "
                     "after the link header; vectors are zero-padded after the captured bytes",
-                    pcap_file, capture.snaplen, pre.vector_bytes)
+                    source, snaplen, pre.header_bytes)
 
     flows = settings.flows
     pipeline = make_pipeline(classifier, outputs, max_flows=flows.max_flows,

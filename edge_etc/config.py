@@ -168,8 +168,12 @@ class CaptureConfig(_Section):
         "", "BPF filter for live capture and capture files, e.g. 'tcp or udp'; empty for all packets.",
         "--filter", "bpf", metavar="BPF")
     snaplen: int = _setting(
-        65535, "Live capture snapshot length.", "--snaplen", "snaplen", unit="bytes",
-        minimum=64, maximum=262144)
+        2048, "Live capture snapshot length. Each packet takes a slot of about this size in "
+        "the kernel buffer (on an interface that offloads segmentation, whatever its MTU): "
+        "with 65535 a 32 MiB buffer held about 500 packets, and a 2-core x86 VM dropped "
+        "packets at 100,000 packets/s; with 2048 none up to 200,000. The bundled model reads "
+        "at most 304 bytes from the IP header on. IP fragments longer than this are dropped.",
+        "--snaplen", "snaplen", unit="bytes", minimum=64, maximum=262144)
     promisc: bool = _setting(
         False, "Put the interface into promiscuous mode, to see traffic between other hosts "
         "on a shared link.", "--promisc/--no-promisc", "promisc")
