@@ -100,6 +100,74 @@ def test_extension_built_and_selected():
     assert decode.Packet is fastpath.native.Packet
 
 
+def cpu_has_fused_multiply_add():
+    """Return True when this CPU runs fused multiply-add instructions (x86-64 with the
+    `fma` flag, or aarch64, where they are part of the base instruction set)."""
+    import platform
+
+    machine = platform.machine()
+    if machine in ("aarch64", "arm64"):
+        return True
+    if machine != "x86_64" or not os.path.isfile("/proc/cpuinfo"):
+        return False
+    with open("/proc/cpuinfo") as f:
+        return " fma " in f.read().replace("\n", " ")
+
+
+# Compares the record time stamps of PcapSlicer with Python's `sec + frac * tick`, the
+# arithmetic of CaptureFile, for small and current seconds.
+_TIME_STAMP_CHECK = """
+import random, struct, sys
+from edge_etc import fastpath
+assert fastpath.native.__file__.startswith(sys.argv[1]), fastpath.native.__file__
+rng = random.Random(5)
+for tick, scale in ((1e-6, 10 ** 6), (1e-9, 10 ** 9)):
+    stamps = [(rng.randrange(4) if k % 2 else rng.randrange(1 << 31), rng.randrange(scale))
+              for k in range(20000)]
+    data = b"".join(struct.pack("<IIII", sec, frac, 0, 0) for sec, frac in stamps)
+    records = fastpath.native.PcapSlicer(data, 0, True, tick, 1, 262144)
+    wrong = [(sec, frac) for (sec, frac), record in zip(stamps, records)
+             if record[0] != sec + frac * tick]
+    assert not wrong, (tick, len(wrong), wrong[:3])
+"""
+
+
+@needs_extension
+def test_time_stamps_exact_where_fused_multiply_add(tmp_path):
+    """Built for a CPU with fused multiply-add, the extension still computes time stamps
+    as Python does: compilers may fuse `sec + frac * tick` into one instruction with one
+    rounding unless the build turns that off (-ffp-contract=off in pyproject.toml)."""
+    import shutil
+    import sysconfig
+
+    try:
+        import tomllib
+    except ImportError:  # Python < 3.11
+        import tomli as tomllib
+
+    compiler = shutil.which("gcc") or shutil.which("cc")
+    if compiler is None or not cpu_has_fused_multiply_add():
+        pytest.skip("needs a C compiler and a CPU with fused multiply-add")
+    with open(os.path.join(ROOT, "pyproject.toml"), "rb") as f:
+        extension = tomllib.load(f)["tool"]["setuptools"]["ext-modules"][0]
+    package = tmp_path / "edge_etc"
+    shutil.copytree(os.path.join(ROOT, "edge_etc"), package,
+                    ignore=shutil.ignore_patterns("*.so", "__pycache__"))
+    target = package / ("_fastpath" + sysconfig.get_config_var("EXT_SUFFIX"))
+    fma = ["-mfma"] if os.uname().machine == "x86_64" else []
+    build = subprocess.run([compiler, "-shared", "-fPIC", *fma, *extension["extra-compile-args"],
+                            "-I" + sysconfig.get_paths()["include"],
+                            *[os.path.join(ROOT, source) for source in extension["sources"]],
+                            "-o", str(target), "-lm"], capture_output=True, text=True)
+    assert build.returncode == 0, build.stderr
+    env = dict(os.environ, PYTHONPATH=str(tmp_path))
+    env.pop(fastpath.DISABLE_VARIABLE, None)
+    check = subprocess.run([sys.executable, "-c", _TIME_STAMP_CHECK, str(tmp_path)], env=env,
+                           cwd=str(tmp_path),
+                           capture_output=True, text=True, timeout=120)
+    assert check.returncode == 0, check.stderr[-2000:]
+
+
 # --- packet by packet ---------------------------------------------------------------------
 
 @needs_extension
