@@ -10,12 +10,12 @@ ai-edge-litert 2.3 on x86-64 by tests/test_numpy_backend.py:
 
 - "xnnpack" (the default) computes what ai-edge-litert's default interpreter computes.
   That interpreter hands the arithmetic operators CONV_2D, DEPTHWISE_CONV_2D,
-  FULLY_CONNECTED, ADD, SUB, MUL, LEAKY_RELU and MEAN to the XNNPACK delegate. It
-  requantizes in float32: float32(acc) * scale, with scale = input_scale * weight_scale /
-  output_scale in float32, rounded to nearest even. ADD and SUB use XNNPACK's 21-bit
-  integer multipliers and one rounding shift. Int8 SOFTMAX stays with TFLite's optimized
-  kernel, which works with a float32 exp table. Operators XNNPACK leaves alone, or rejects
-  for their scales, use the reference arithmetic below.
+  FULLY_CONNECTED, ADD, SUB, MUL, LEAKY_RELU, MEAN, LOGISTIC and TANH to the XNNPACK
+  delegate. It requantizes in float32: float32(acc) * scale, with scale = input_scale *
+  weight_scale / output_scale in float32, rounded to nearest even. ADD and SUB use
+  XNNPACK's 21-bit integer multipliers and one rounding shift. Int8 SOFTMAX stays with
+  TFLite's optimized kernel, which works with a float32 exp table. Operators XNNPACK
+  leaves alone, or rejects for their scales, use the reference arithmetic below.
 - "reference" follows TFLite's reference integer kernels, which ai-edge-litert runs with
   OpResolverType.BUILTIN_REF.
 
@@ -40,9 +40,11 @@ The two families differ by a quantization step in a small share of rescaled valu
 an LSTM amplifies that: on the corpus, 23% of the bundled model's outputs differ
 between them, by up to 17 steps.
 
-With "xnnpack", LEAKY_RELU (8-bit multipliers) and int8 MEAN (float32 requantization)
-follow XNNPACK too. LOGISTIC and TANH tables were equal in both ai-edge-litert
-configurations for every input scale tried, so both families share them.
+With "xnnpack", LEAKY_RELU (8-bit multipliers) and int8 MEAN (an int32 sum rescaled in
+float32, with the input zero point folded into a float32 bias) follow XNNPACK too.
+XNNPACK computes the LOGISTIC table with a double-precision exp and the TANH table with
+glibc's tanhf, and rounds both to nearest even after adding the output zero point. These
+tables differ from TFLite's only on entries within float32 rounding of a tie.
 
 NOTE: XNNPACK's operator coverage and the delegate's scale limits change between
 releases. The "xnnpack" family reproduces ai-edge-litert 2.3.0 on x86-64 and was not
@@ -65,6 +67,7 @@ import struct
 
 import numpy as np
 
+from ._glibc_float32 import tanhf
 from .errors import ModelError
 from .tflite_file import BUILTIN_OPS, TFLiteFileError, TFLiteModel, _I8, _I32, _U8, _U32
 
@@ -439,6 +442,33 @@ def _xnnpack_binary(kind, a, b, out, x1, x2):
     bias = (1 << (shift - 1)) - a_multiplier * a.zero_point - b_multiplier * b.zero_point
     total = bias + x1 * a_multiplier + x2 * b_multiplier
     return (total >> shift) + out.zero_point
+
+
+def _xnnpack_float_table(in_tensor, out_tensor, function):
+    """Return XNNPACK's 256-entry int8 table of a float function (LOGISTIC, TANH).
+
+    XNNPACK evaluates its reference kernel on every int8 input: x = (q - zero_point) *
+    scale in float32, y = function(x) as float32, and the output
+    rint(y * (1 / output_scale) + output_zero_point) in float32, rounded to nearest even.
+    TFLite's LUTPopulate rounds y / output_scale half away from zero and adds the zero
+    point afterwards, so the two tables differ where a value lies within float32 rounding
+    of a tie.
+    """
+    f32 = np.float32
+    values = np.arange(-128, 128, dtype=np.int64)
+    dequantized = (values.astype(f32) - f32(in_tensor.zero_point)) * f32(in_tensor.scale)
+    transformed = function(dequantized).astype(f32)
+    inverse_scale = f32(1.0) / f32(out_tensor.scale)
+    quantized = np.rint(transformed * inverse_scale + f32(out_tensor.zero_point))
+    return _byte_table(values, np.clip(quantized, -128, 127))
+
+
+def _xnnpack_logistic(x):
+    """Return XNNPACK's sigmoid of float32 `x`: e / (1 + e) with e = exp(x) in double
+    precision, rounded to float32, and exactly 1 above x = 100 and 0 below -100."""
+    e = np.exp(np.clip(x, -100, 100).astype(np.float64))
+    y = np.where(x > 100, 1.0, np.where(x < -100, 0.0, e / (1.0 + e)))
+    return y.astype(np.float32)
 
 
 def _unsupported(op, what):
@@ -907,10 +937,16 @@ def _prepare_unary_table(make_table):
 
 
 def _logistic_table(ctx, x, out):
+    if ctx.kernels == "xnnpack":
+        return _xnnpack_float_table(x, out, _xnnpack_logistic)
     return _float_table(x, out, _logistic_f32)
 
 
 def _tanh_table(ctx, x, out):
+    if ctx.kernels == "xnnpack":
+        # XNNPACK calls the C library's tanhf, which glibc 2.36 does not always round
+        # correctly.
+        return _xnnpack_float_table(x, out, tanhf)
     return _float_table(x, out, _tanh_f32)
 
 
@@ -1275,6 +1311,29 @@ def _prepare_reduce(function):
     return prepare
 
 
+def _xnnpack_mean(x, out, axes, count, keep_dims):
+    """Return XNNPACK's qs8 MEAN: an int32 sum, then one float32 rescale with a bias.
+
+    XNNPACK sums the raw int8 inputs, without their zero point, and converts the sum as
+    rint(float32(sum) * scale + bias) in float32, rounded to nearest even, with
+    scale = float32(input_scale / output_scale) * float32(1 / count) and
+    bias = output_zero_point - float32(input_zero_point * count * scale).
+    Folding the input zero point into the bias rounds differently from rescaling the
+    zero-point-corrected sum. The two differed by one step on about 1 in 10**6 sums of
+    random scales and inputs.
+    """
+    f32 = np.float32
+    scale = (f32(x.scale) / f32(out.scale)) * (f32(1.0) / f32(count))
+    bias = f32(out.zero_point) - f32(x.zero_point * count) * scale
+
+    def run(inputs):
+        total = inputs[0].astype(np.int64).sum(axis=axes, keepdims=keep_dims)
+        value = total.astype(f32) * scale + bias
+        return [np.clip(np.rint(value), -128, 127).astype(np.int8)]
+
+    return run
+
+
 def _prepare_mean(ctx):
     x, out = ctx.tin(0), ctx.tout()
     keep_dims = bool(ctx.op.option(0, _U8, 0))
@@ -1289,19 +1348,7 @@ def _prepare_mean(ctx):
     if count == 0:
         raise ctx.fail("MEAN over an empty axis")
     if ctx.kernels == "xnnpack":
-        # XNNPACK's qs8 mean: the zero-point-corrected sum times input_scale /
-        # (output_scale * count), plus the output zero point, all in float32, then rounded
-        # to nearest even. Unlike `_FloatRequantizer`, the zero point is added before
-        # rounding, which matters for ties with an odd zero point.
-        scale = np.float32(x.scale) / (np.float32(out.scale) * np.float32(count))
-        zero_point = np.float32(out.zero_point)
-
-        def run_xnnpack(inputs):
-            total = inputs[0].astype(np.int64).sum(axis=axes, keepdims=keep_dims)
-            value = (total - x.zero_point * count).astype(np.float32) * scale + zero_point
-            return [np.clip(np.rint(value), -128, 127).astype(np.int8)]
-
-        return run_xnnpack
+        return _xnnpack_mean(x, out, axes, count, keep_dims)
     multiplier, shift = quantize_multiplier(float(np.float32(x.scale)) / float(np.float32(out.scale)))
     # TFLite's reference MEAN (QuantizedMeanOrSum) for every axis set: fold 1 / count into
     # the multiplier, then rescale the zero-point-corrected sum.
