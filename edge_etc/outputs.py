@@ -338,6 +338,11 @@ class Outputs:
 
         Args:
             stream: where JSON lines go when `settings.json_file` is "-" (stdout).
+
+        Raises:
+            ConfigError: `settings.json_file` is "-" and `stream` is None (stdout is
+                closed), or an output file or the anonymizing key cannot be opened.
+            EdgeEtcError: the syslog daemon cannot be reached.
         """
         anonymizer = None
         if settings.anonymize:
@@ -355,6 +360,9 @@ class Outputs:
 
         json_lines = None
         if settings.json_file == STDOUT:
+            if stream is None:  # sys.stdout of a process started with its stdout closed
+                raise ConfigError("--output -: standard output is closed; give --output FILE, "
+                                  "or --output '' for no JSON lines")
             json_lines = JsonLines(None, stream=stream)
         elif settings.json_file:
             try:

@@ -145,6 +145,28 @@ def test_open_pipe_writes_decisions_and_stops(pure_python):
     assert len((first + out).splitlines()) == 2  # both flows of the capture
 
 
+def test_closed_stdout_one_line_error(tmp_path):
+    """Records for stdout while stdout is closed (a service started with `>&-`): one
+    line and exit code 2 before any packet, not a traceback at the first record. With -o
+    FILE, a closed stdout is no problem."""
+    def close_stdout():
+        os.close(1)
+
+    command = [sys.executable, "-m", "edge_etc", "run", "--pcap", PCAP]
+    closed = subprocess.run(command, capture_output=False, stderr=subprocess.PIPE,
+                            preexec_fn=close_stdout, text=True, timeout=120)
+    assert closed.returncode == 2, closed.stderr
+    assert "Traceback" not in closed.stderr
+    assert closed.stderr.strip().splitlines()[-1] == (
+        "edge-etc: error: --output -: standard output is closed; give --output FILE, or "
+        "--output '' for no JSON lines")
+    out = tmp_path / "flows.jsonl"
+    to_file = subprocess.run(command + ["-o", str(out)], stderr=subprocess.PIPE,
+                             preexec_fn=close_stdout, text=True, timeout=120)
+    assert to_file.returncode == 0, to_file.stderr
+    assert out.read_text().count("\n") == 2
+
+
 def test_file_run_to_end_exits_0(tmp_path):
     header, records = pcap_parts(PCAP)
     proc = subprocess.run([sys.executable, "-m", "edge_etc", "run", "--pcap", "-"],
