@@ -315,9 +315,19 @@ def test_round_half_away_from_zero():
 # Operators beyond the bundled model, on small models converted with TensorFlow.
 
 
-def convert_int8(build):
+# Seed of the Keras weights of the converted test models. Each seed gives another model
+# with other quantization scales, and so other rare ties for the kernels to round.
+MODEL_SEED = 0
+
+
+def convert_int8(build, seed=MODEL_SEED):
+    """Return the int8 TFLite model of `build`, with weights drawn from `seed`."""
     tf = pytest.importorskip("tensorflow")
     keras = pytest.importorskip("keras")
+    # clear_session resets Keras's global seed generator and layer names, so every call
+    # with the same seed converts the same model, in one process or several.
+    keras.backend.clear_session()
+    keras.utils.set_random_seed(seed)
     rng = np.random.default_rng(1)
     model = build(keras, keras.layers)
 
@@ -507,7 +517,14 @@ def test_binary_operator_scales_match_litert_default(elementwise_tflite, name, s
     ("LEAKY_RELU", ((0.0157, 13), (0.0041, -80))),
     ("LEAKY_RELU", ((0.0021, -37), (0.0185, 91))),
     ("LOGISTIC", ((0.0423, -56), (1 / 256, -128))),
+    # exp in double precision (input -42), and an exact tie rounded to even (input 48).
+    ("LOGISTIC", ((0.0036540457513183355, 3), (1 / 256, -128))),
     ("TANH", ((0.0073, 1), (1 / 128, 0))),
+    # glibc's tanhf differs from the correctly rounded tanh by one unit in the last
+    # place (inputs -92 and 92).
+    ("TANH", ((0.007899823598563671, 0), (1 / 128, 0))),
+    # Exact ties, rounded to even (inputs -74 and 72).
+    ("TANH", ((0.007886267267167568, -1), (1 / 128, 0))),
     ("MEAN", ((0.031, 17), (0.0067, -21))),
     ("MEAN", ((0.0052, -90), (0.0233, 64))),
     ("SOFTMAX", ((0.0706, -30), (1 / 256, -128))),
@@ -518,6 +535,48 @@ def test_unary_operator_scales_match_litert_default(elementwise_tflite, name, sc
     shape = numpy_backend._read_graph(data)[0][inputs[0]].shape
     values = np.random.default_rng(5).integers(-128, 128, (256,) + tuple(shape[1:]), dtype=np.int8)
     values.reshape(-1)[:256] = np.arange(-128, 128)
+    compare_single(data, inputs, [values])
+
+
+def inputs_with_every_sum(shape, axes):
+    """Return int8 inputs of `shape` (with a batch dimension that fits) whose sums over
+    `axes` take every value from -128 * count to 127 * count, count values per sum."""
+    kept = [d for d in range(1, len(shape)) if d not in axes]
+    count = int(np.prod([shape[a] for a in axes]))
+    per_item = int(np.prod([shape[d] for d in kept]))
+    sums = np.arange(-128 * count, 127 * count + 1)
+    batch = -(-len(sums) // per_item)
+    sums = np.resize(sums, batch * per_item)
+    # Spread each sum evenly: (sum + 128 * count) = quotient * count + remainder.
+    quotient, remainder = np.divmod(sums + 128 * count, count)
+    values = quotient[:, None] + (np.arange(count)[None, :] < remainder[:, None]) - 128
+    grouped = values.reshape([batch] + [shape[d] for d in kept] + [shape[a] for a in axes])
+    return np.transpose(grouped, np.argsort([0] + kept + list(axes))).astype(np.int8)
+
+
+# (input, output) scales and zero points of the first MEAN of elementwise_model, which
+# averages 72 values. XNNPACK sums the raw inputs and folds the input zero point into a
+# float32 bias. Each case fails by one step if the part of that arithmetic it names changes.
+MEAN_CASES = [
+    # The input zero point in the bias, not subtracted from the sum (raw sum 21).
+    ((0.002806563163176179, 4), (0.0029736189171671867, -57)),
+    # scale = float32(input_scale / output_scale) * float32(1 / 72) (raw sum -3603).
+    ((0.0065517425537109375, -98), (0.005984966177493334, 33)),
+    # scale 0.5 and an integer bias: every odd sum is a tie, rounded to even.
+    ((0.0625, -23), (0.0625 / 36, 80)),
+]
+
+
+@pytest.mark.train
+@pytest.mark.parametrize("scales", MEAN_CASES)
+def test_mean_every_sum_matches_litert_default(elementwise_tflite, scales):
+    data, inputs = single_operator(elementwise_tflite, "MEAN", scales)
+    tensors, operators, _, _ = numpy_backend._read_graph(data)
+    axes = tuple(int(a) for a in tensors[operators[0].inputs[1]].data.reshape(-1))
+    values = inputs_with_every_sum(tensors[inputs[0]].shape, axes)
+    count = int(np.prod([values.shape[a] for a in axes]))
+    sums = np.unique(values.astype(np.int64).sum(axis=axes))
+    np.testing.assert_array_equal(sums, np.arange(-128 * count, 127 * count + 1))
     compare_single(data, inputs, [values])
 
 
