@@ -579,6 +579,12 @@ static int long_field(PyObject *obj, long *out)
     return (*out == -1 && PyErr_Occurred()) ? -1 : 0;
 }
 
+static int long_long_field(PyObject *obj, long long *out)
+{
+    *out = PyLong_AsLongLong(obj);
+    return (*out == -1 && PyErr_Occurred()) ? -1 : 0;
+}
+
 int fp_view_of_packet(PyObject *obj, fp_packet_view *view)
 {
     if (!PyObject_TypeCheck(obj, &FpPacketType)) {
@@ -600,10 +606,13 @@ int fp_view_of_packet(PyObject *obj, fp_packet_view *view)
         PyErr_SetString(PyExc_TypeError, "Packet.ip must be bytes");
         return -1;
     }
-    long l4_field, l4_len_field, payload_len;
+    long l4_field, l4_len_field;
+    /* A payload length can exceed 2**31: an IPv4 total length of 0 takes the record's wire
+     * length, up to 2**32 - 1, and `long` has 32 bits on 32-bit targets. */
+    long long payload_len;
     if (long_field(pkt->l4_offset, &l4_field) || long_field(pkt->l4_len, &l4_len_field) ||
         long_field(pkt->proto, &view->proto) || long_field(pkt->version, &view->version) ||
-        long_field(pkt->payload_len, &payload_len) || long_field(pkt->sport, &view->sport) ||
+        long_long_field(pkt->payload_len, &payload_len) || long_field(pkt->sport, &view->sport) ||
         long_field(pkt->dport, &view->dport) || long_field(pkt->tcp_flags, &view->flags))
         return -1;
     if (l4_field < 0 || l4_len_field < 0 || payload_len < 0 || view->sport < 0 ||

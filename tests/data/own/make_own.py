@@ -641,6 +641,18 @@ def ten_year_jump_back(split=8):
             for i, (ts, frame) in enumerate(eth_two_flows())]
 
 
+def tso_huge_wire_length():
+    """The two IPv4 TLS flows behind an 0x9100 VLAN tag (a layout only the Python decoder
+    takes) with IPv4 total length 0 and a wire length of 2**32 - 1: the decoder then takes
+    the payload length from the wire length, beyond 2**31."""
+    records = []
+    for ts, frame in eth_two_flows():
+        ip = bytearray(frame[14:])
+        ip[2:4] = b"\0\0"
+        records.append((ts, eth(bytes(ip), [(0x9100, 1)]), 0xFFFFFFFF))
+    return records
+
+
 def write_all(outdir):
     """Write one file per builder into `outdir`; return the file names."""
     os.makedirs(outdir, exist_ok=True)
@@ -678,6 +690,7 @@ def write_all(outdir):
     files["reuse_after_rst.pcap"] = pcap(framed(reuse_after("rst")[0], eth), 1)
     files["epoch_stamped_middle.pcap"] = pcap(epoch_stamped_middle(), 1)
     files["ten_year_jump_back.pcap"] = pcap(ten_year_jump_back(), 1)
+    files["tso_huge_wire_length.pcap"] = pcap(tso_huge_wire_length(), 1)
 
     for name, data in files.items():
         with open(os.path.join(outdir, name), "wb") as f:
