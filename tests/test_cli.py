@@ -129,7 +129,9 @@ def test_open_pipe_writes_decisions_and_stops(pure_python):
         proc.stdin.flush()
         ready, _, _ = select.select([proc.stdout], [], [], 60)
         assert ready, "no decision written while the pipe stayed open"
-        first = proc.stdout.readline()
+        # os.read, not readline: communicate() reads the descriptor itself, so lines that
+        # a buffered readline had taken in would be lost to it.
+        first = os.read(proc.stdout.fileno(), 1 << 16)
         assert first.startswith(b'{"ts": '), first
         proc.send_signal(signal.SIGTERM)
         started = time.monotonic()
