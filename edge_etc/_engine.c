@@ -726,7 +726,7 @@ static Py_ssize_t next_record(const unsigned char *data, Py_ssize_t len, Py_ssiz
  *
  * Consumes the complete classic pcap records of `buf` from offset `pos`, at most
  * `max_records` of them, with the record arithmetic of CaptureFile and PcapSlicer. The
- * status says why it stopped:
+ * status gives why it stopped:
  *   FEED_NEED_DATA  at the first record that does not fit in `buf` or whose captured
  *                   length exceeds `max_record`; the Python reader takes that record.
  *   FEED_BATCH_FULL after the record that filled the pending windows.
@@ -943,8 +943,9 @@ static int text_add_uint(text_t *t, unsigned long long value)
  *
  * round() rounds the exact binary value of x to `digits` decimals, ties to even. Below
  * 2**33 the spacing of doubles is under 1e-6, so any other decimal of at most `digits`
- * decimals lies more than half a spacing from the rounded double, and the shortest string
- * that repr finds is that decimal without its trailing zeros (at least one decimal stays).
+ * decimals lies more than half a spacing from the rounded double. The shortest string
+ * that repr finds is therefore that decimal without its trailing zeros (at least one
+ * decimal stays).
  * From 1e-4 on, repr writes no exponent. tests/test_engine.py checks this against Python. */
 static int format_rounded_fast(double x, int digits, char *out)
 {

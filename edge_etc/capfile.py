@@ -205,8 +205,8 @@ class CaptureFile:
         With `take`, a pcap file's reader calls `take(buf, pos)` whenever its buffer `buf`
         contains at least a record header from offset `pos` on. `take` consumes complete
         records and returns (offset of the first record it left, records consumed, stop
-        reading); the reader then yields the record at that offset itself (after a refill,
-        or to report where the file stops), and counts every record in `records`. pcapng
+        reading). The reader then yields the record at that offset itself, after a refill
+        or to report where the file stops, and counts every record in `records`. pcapng
         files ignore `take`.
         """
         if self.format == "pcap":

@@ -42,6 +42,17 @@ def default_sigint():
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
+def assert_same_driver_lines(fast, slow):
+    """Assert that two driver outputs, header line aside, are equal line for line, naming
+    the file of the first difference."""
+    assert len(fast) == len(slow)
+    current = None
+    for fast_line, slow_line in zip(fast[1:], slow[1:]):
+        if slow_line.startswith("# file "):
+            current = slow_line
+        assert fast_line == slow_line, f"first difference in {current}"
+
+
 def run_cli(*args, timeout=300, **kwargs):
     """Run `python -m edge_etc ARGS`; return the CompletedProcess (text mode)."""
     return subprocess.run([sys.executable, "-m", "edge_etc", *args], capture_output=True,

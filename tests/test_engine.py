@@ -21,6 +21,8 @@ import sys
 import numpy as np
 import pytest
 
+from conftest import assert_same_driver_lines
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "tests"))
 sys.path.insert(0, os.path.join(ROOT, "tests", "data", "own"))
@@ -74,12 +76,7 @@ def compare_runs(paths, tmp_path, configs=tuple(CONFIGS)):
     slow = run_driver(paths, True, str(tmp_path / "pure"), configs)
     assert fast[0].startswith("# pipeline: EnginePipeline"), fast[0]
     assert slow[0].startswith("# pipeline: Pipeline"), slow[0]
-    assert len(fast) == len(slow)
-    current = None
-    for fast_line, slow_line in zip(fast[1:], slow[1:]):
-        if slow_line.startswith("# file "):
-            current = slow_line
-        assert fast_line == slow_line, f"first difference in {current}"
+    assert_same_driver_lines(fast, slow)
     return slow
 
 

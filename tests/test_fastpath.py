@@ -15,6 +15,8 @@ import subprocess
 import sys
 
 import pytest
+
+from conftest import assert_same_driver_lines
 from hypothesis import given, settings as hypothesis_settings, strategies as st
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -337,12 +339,7 @@ def compare_runs(paths, tmp_path):
     slow = run_driver(paths, True, str(tmp_path / "pure"))
     assert fast[0].startswith("# packet path: compiled"), fast[0]
     assert slow[0].startswith("# packet path: pure Python"), slow[0]
-    assert len(fast) == len(slow)
-    current = None
-    for fast_line, slow_line in zip(fast[1:], slow[1:]):
-        if slow_line.startswith("# file "):
-            current = slow_line
-        assert fast_line == slow_line, f"first difference in {current}"
+    assert_same_driver_lines(fast, slow)
     return slow
 
 

@@ -703,4 +703,5 @@ def test_one_kept_record_is_singular(write):
     with CaptureFile(path) as capture:
         assert len(list(capture)) == 1
         stopped = capture.stopped
-    assert "kept 1 record" in stopped and "kept 1 records" not in stopped, stopped
+    assert "kept 1 record" in stopped, stopped
+    assert "kept 1 records" not in stopped, stopped

@@ -52,8 +52,8 @@ write_config() {
 main() {
 	here=$(cd "$(dirname "$0")" && pwd)
 	iface=
-	# edge-etc is not published on PyPI: a bare name would install whatever package
-	# holds it there, so the default is this checkout.
+	# edge-etc is not published on PyPI, so a bare name would install whatever package
+	# has that name there. The default is this checkout.
 	source_spec=$(cd "$here/../.." && pwd)
 	start=1
 	while [ $# -gt 0 ]; do
