@@ -642,9 +642,10 @@ def ten_year_jump_back(split=8):
 
 
 def tso_huge_wire_length():
-    """The two IPv4 TLS flows behind an 0x9100 VLAN tag (a layout only the Python decoder
-    takes) with IPv4 total length 0 and a wire length of 2**32 - 1: the decoder then takes
-    the payload length from the wire length, beyond 2**31."""
+    """Return the two IPv4 TLS flows behind an 0x9100 VLAN tag, with IPv4 total length 0.
+
+    Only the Python decoder takes that tag. Each record's wire length is 2**32 - 1, so the
+    decoder takes the payload length from the wire length, beyond 2**31."""
     records = []
     for ts, frame in eth_two_flows():
         ip = bytearray(frame[14:])
