@@ -462,6 +462,35 @@ def env_vars(option, param):
     return names
 
 
+_ENV_OPTION = []
+
+
+def _env_option_class():
+    """Return a `click.Option` whose invalid value, when it came from an environment
+    variable, is reported under the variable's name (click names only the option)."""
+    if _ENV_OPTION:
+        return _ENV_OPTION[0]
+    import os
+
+    import click
+    from click.core import ParameterSource
+
+    class EnvOption(click.Option):
+        def process_value(self, ctx, value):
+            try:
+                return super().process_value(ctx, value)
+            except click.BadParameter as e:
+                if ctx.get_parameter_source(self.name) is ParameterSource.ENVIRONMENT:
+                    names = [self.envvar] if isinstance(self.envvar, str) else self.envvar or []
+                    name = next((n for n in names if os.environ.get(n)), None)
+                    if name:
+                        e.param_hint = f"{name} (environment variable of {self.opts[-1]})"
+                raise
+
+    _ENV_OPTION.append(EnvOption)
+    return EnvOption
+
+
 def run_option(key):
     """Return the `click.option` decorator of the `run` option that overrides `key`."""
     import click
@@ -469,7 +498,7 @@ def run_option(key):
     spec, kind, default = setting(key)
     decls = [spec.short, spec.option] if spec.short else [spec.option]
     kwargs = {"default": default, "help": spec.help, "show_default": True,
-              "envvar": env_vars(spec.option, spec.param)}
+              "envvar": env_vars(spec.option, spec.param), "cls": _env_option_class()}
     if kind is bool:
         kwargs["show_default"] = False
     elif spec.choices is not None:

@@ -292,6 +292,26 @@ def test_both_source_variables_rejected():
     assert "set only one of EDGE_ETC_RUN_PCAP and EDGE_ETC_RUN_IFACE" in r.stderr
 
 
+@pytest.mark.parametrize("variable, option, value", [
+    ("EDGE_ETC_RUN_BATCH_SIZE", "--batch-size", "abc"),
+    ("EDGE_ETC_RUN_MAX_FLOWS", "--max-flows", "-5"),
+    ("EDGE_ETC_RUN_BACKEND", "--backend", "gpu"),
+])
+def test_invalid_variable_is_named(variable, option, value):
+    """An invalid value from a variable is reported under the variable's name; the same
+    value on the command line under the option's."""
+    env = dict(os.environ, **{variable: value})
+    r = subprocess.run([sys.executable, "-m", "edge_etc", "run", "--pcap", PCAP],
+                       capture_output=True, text=True, timeout=120, env=env)
+    assert r.returncode == 2, r.stderr
+    assert f"Invalid value for {variable} (environment variable of {option})" in r.stderr
+    assert "Traceback" not in r.stderr
+    r = subprocess.run([sys.executable, "-m", "edge_etc", "run", "--pcap", PCAP, option, value],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2, r.stderr
+    assert f"Invalid value for '{option}'" in r.stderr
+
+
 def test_ignored_sigint_stays_ignored():
     """A parent that ignores SIGINT (a background job of a non-interactive shell): the
     run keeps going on SIGINT, before and after its input opens, and SIGTERM stops it."""
