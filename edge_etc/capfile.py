@@ -81,6 +81,7 @@ def _open_checked(path):
             raise CaptureFileError(f"{path}: cannot open: {e.strerror}") from None
     if not isinstance(f, io.BufferedReader):
         f = io.BufferedReader(f)
+    f = _WaitingPipe.wrap(f)
     head = f.peek(6)[:6]
     if not head:
         f.close()
@@ -97,6 +98,70 @@ def _open_checked(path):
     return f, None
 
 
+class _StopReading(Exception):
+    """`on_wait` asked the reader to stop while its pipe was empty."""
+
+
+class _WaitingPipe(io.RawIOBase):
+    """A pipe, FIFO or socket, read in non-blocking mode.
+
+    A blocking read of such a stream holds back the records that have arrived until a
+    whole chunk is there, and a signal waits for the writer. This reader returns what has
+    arrived; while nothing comes, it calls its CaptureFile's `on_wait()` every WAIT_S
+    seconds and raises _StopReading when that returns True. It sits under every reader of
+    the stream (pcap, pcapng, gzip, bzip2, xz), so all of them wait the same way.
+    """
+
+    def __init__(self, raw):
+        super().__init__()
+        self._raw = raw
+        self._fd = raw.fileno()
+        self.owner = None  # the CaptureFile whose on_wait runs while the pipe is empty
+        os.set_blocking(self._fd, False)
+
+    @classmethod
+    def wrap(cls, f):
+        """Return `f`, or a buffered `_WaitingPipe` over its raw stream if it is a pipe."""
+        try:
+            mode = os.fstat(f.fileno()).st_mode
+        except (OSError, ValueError, io.UnsupportedOperation):
+            return f
+        if not (stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode)):
+            return f
+        try:
+            return io.BufferedReader(cls(f.raw), CHUNK_BYTES)
+        except OSError:
+            return f
+
+    def readable(self):
+        return True
+
+    def fileno(self):
+        return self._fd
+
+    def readinto(self, b):
+        while True:
+            count = self._raw.readinto(b)
+            if count is not None:
+                return count
+            readable, _, _ = select.select([self._fd], [], [], WAIT_S)
+            if readable:
+                continue
+            on_wait = self.owner.on_wait if self.owner is not None else None
+            if on_wait is not None and on_wait():
+                raise _StopReading
+
+    def close(self):
+        if not self.closed:
+            try:
+                # The descriptor may be shared (standard input): leave it as it came.
+                os.set_blocking(self._fd, True)
+            except OSError:
+                pass
+            self._raw.close()
+        super().close()
+
+
 class CaptureFile:
     """A pcap or pcapng file opened for reading.
 
@@ -104,7 +169,7 @@ class CaptureFile:
     inside a record or a record is implausible, iteration stops, `stopped` contains a message
     naming the file, the record number and the byte offset, and a warning is logged.
 
-    An uncompressed pcap stream from a pipe or FIFO is read as its records arrive: while
+    A stream from a pipe or FIFO, compressed or not, is read as its records arrive: while
     the pipe is empty, `on_wait()`, when set, runs every WAIT_S seconds, and reading stops
     when it returns True.
 
@@ -123,9 +188,9 @@ class CaptureFile:
         self.snaplen = None
         self._buffer = None  # the pcap reader's bytearray, see _refill
         self._view = None
-        self._wait_fd = None  # the pipe's descriptor, in non-blocking mode; see on_wait
         self.on_wait = None
         self._f, self.compression = _open_checked(path)
+        self._pipe = self._find_pipe()
         try:
             head = self._read_or_fail(4, "file header")
             if head in _PCAP_MAGICS:
@@ -142,29 +207,17 @@ class CaptureFile:
         except CaptureFileError:
             self._f.close()
             raise
-        self._watch_pipe()
 
-    def _watch_pipe(self):
-        """Switch an uncompressed pcap stream from a pipe, FIFO or socket to non-blocking reads.
-
-        A blocking read of such a stream holds back the records that have arrived until a
-        whole chunk is there, and a signal waits for the writer. In non-blocking mode the
-        reader takes what has arrived and, while nothing comes, calls `on_wait` every
-        WAIT_S seconds.
-
-        NOTE: a compressed or pcapng stream still blocks, so its signals are acted on only
-        when its writer sends more or ends.
-        """
-        if self.format != "pcap" or self.compression is not None:
-            return
-        try:
-            fd = self._f.fileno()
-            if stat.S_ISREG(os.fstat(fd).st_mode):
-                return
-            os.set_blocking(fd, False)
-        except (OSError, ValueError):
-            return
-        self._wait_fd = fd
+    def _find_pipe(self):
+        """Return the `_WaitingPipe` under the stream, owned by this file, or None."""
+        f = self._f
+        for attr in ("fileobj", "_fp"):  # gzip; bzip2 and xz
+            f = getattr(f, attr, None) or f
+        raw = getattr(f, "raw", None)
+        if isinstance(raw, _WaitingPipe):
+            raw.owner = self
+            return raw
+        return None
 
     def _read_or_fail(self, n, what):
         data = self._f.read(n)
@@ -298,14 +351,13 @@ class CaptureFile:
         while have < need:
             size = fill - have
             try:
-                if self._wait_fd is None:
+                if self._pipe is None or self.compression:
                     count = self._f.readinto(self._view[have:have + size])
                 else:
+                    # What has arrived, without waiting for a whole chunk.
                     count = self._f.readinto1(self._view[have:have + size])
-                    if count is None:  # the pipe is empty for now
-                        if self._wait():
-                            return None, 0, base, True
-                        continue
+            except _StopReading:
+                return None, 0, base, True
             except _STREAM_ERRORS as e:
                 self._stop(f"reading the {self.compression or 'file'} stream failed in record "
                            f"{self.records + 1}: {e}", base)
@@ -315,19 +367,6 @@ class CaptureFile:
                 break
             have += count
         return self._view[:have], 0, base, eof
-
-    def _wait(self):
-        """Wait for the pipe to become readable; return True when `on_wait` returns True.
-
-        `on_wait()` runs each time WAIT_S seconds pass with no data. The reader's owner
-        uses it to classify and write what is pending, and to act on signals.
-        """
-        while True:
-            readable, _, _ = select.select([self._wait_fd], [], [], WAIT_S)
-            if readable:
-                return False
-            if self.on_wait is not None and self.on_wait():
-                return True
 
     # --- pcapng -----------------------------------------------------------------------
 
@@ -474,6 +513,8 @@ class CaptureFile:
     def _iter_pcapng_guarded(self):
         try:
             yield from self._iter_pcapng()
+        except _StopReading:
+            return
         except _STREAM_ERRORS as e:
             # A stream error outside the guarded reads (a section header block).
             self.stopped = (f"{self.path}: reading the {self.compression or 'file'} stream failed "
@@ -481,14 +522,9 @@ class CaptureFile:
             log.warning("%s", self.stopped)
 
     def close(self):
-        if self._wait_fd is not None:
-            try:
-                # The descriptor may be shared (standard input): leave it as it came.
-                os.set_blocking(self._wait_fd, True)
-            except OSError:
-                pass
-            self._wait_fd = None
         self._f.close()
+        if self._pipe is not None:
+            self._pipe.close()  # a compressed reader leaves the stream under it open
 
     def __enter__(self):
         return self

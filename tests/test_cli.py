@@ -115,17 +115,24 @@ def test_summary_and_reopen_requests_during_start_up(tmp_path):
     assert out.read_text().count("\n") == 2
 
 
-@pytest.mark.parametrize("pure_python", [False, True])
-def test_open_pipe_writes_decisions_and_stops(pure_python):
+@pytest.mark.parametrize("name, pure_python", [
+    ("eth_tls_2flows.pcap", False),
+    ("eth_tls_2flows.pcap", True),
+    ("eth_tls_2flows.pcap.gz", False),
+    ("pcapng_tls_2flows.pcapng", False),
+])
+def test_open_pipe_writes_decisions_and_stops(name, pure_python):
     """Records on a pipe whose writer stays open: the decisions come out while it waits,
-    and SIGTERM ends the run then, not when the writer closes."""
-    header, records = pcap_parts(PCAP)
+    and SIGTERM ends the run then, not when the writer closes. The same for a compressed
+    and a pcapng stream."""
+    with open(case(name), "rb") as f:
+        data = f.read()
     env = dict(os.environ, EDGE_ETC_PURE_PYTHON="1" if pure_python else "0")
     proc = subprocess.Popen([sys.executable, "-m", "edge_etc", "run", "--pcap", "-"],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, env=env)
     try:
-        proc.stdin.write(header + records)
+        proc.stdin.write(data)
         proc.stdin.flush()
         ready, _, _ = select.select([proc.stdout], [], [], 60)
         assert ready, "no decision written while the pipe stayed open"
@@ -322,7 +329,7 @@ def test_ignored_sigint_stays_ignored():
     try:
         time.sleep(2)  # blocked on the file header: start-up handlers
         proc.send_signal(signal.SIGINT)
-        proc.stdin.write(header + records)
+        proc.stdin.write(data)
         proc.stdin.flush()
         ready, _, _ = select.select([proc.stdout], [], [], 60)
         assert ready, "no decision written"
