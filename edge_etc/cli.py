@@ -309,15 +309,33 @@ def show_config(defaults, config_file):
     """Print the settings of `run` as a commented TOML file.
 
     With --defaults, print every key with its default; the output is a valid settings
-    file. With FILE, check FILE and print the settings it gives, defaults filled in.
+    file. With FILE, check FILE and print the settings that `run --config FILE` would use:
+    FILE's, then the EDGE_ETC_RUN_* variables set, defaults filled in.
     """
     if defaults == bool(config_file):
         raise click.UsageError("give either --defaults or a settings FILE")
+    if defaults:
+        click.echo(config.render(config.DEFAULTS), nl=False)
+        return
+    # `run`'s own options resolve the variables, so their values and errors are the same.
+    run_ctx = run.make_context("run", [], parent=click.get_current_context().parent)
+    given = config.options_given(run_ctx) - {"config_file", "pcap_file", "strict", "verbose", "quiet"}
+    options = {name: run_ctx.params[name] for name in given}
     try:
-        settings = config.load(config_file) if config_file else config.DEFAULTS
+        settings = config.from_options(config_file, options, given)
     except EdgeEtcError as e:
         fail(str(e), e.exit_code)
+    variables = sorted(_variable_of(run_ctx, name) for name in given)
+    if variables:
+        click.echo(f"# {config_file}, then the variables {', '.join(variables)}")
     click.echo(config.render(settings), nl=False)
+
+
+def _variable_of(ctx, name):
+    """Return the environment variable that set `run`'s parameter `name`."""
+    param = next(p for p in ctx.command.params if p.name == name)
+    names = [param.envvar] if isinstance(param.envvar, str) else list(param.envvar or [])
+    return next((n for n in names if os.environ.get(n)), names[0] if names else name)
 
 
 def _training_module(name):

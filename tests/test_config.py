@@ -135,6 +135,27 @@ def test_config_file_command_fills_defaults(tmp_path):
     assert values["flows.idle_timeout_s"] == config.DEFAULTS.flows.idle_timeout_s
 
 
+def test_config_file_command_applies_variables(tmp_path, monkeypatch):
+    """`config FILE` prints what `run --config FILE` uses: the variables win over the file,
+    and a comment names them. --defaults ignores them."""
+    path = write(tmp_path, "[flows]\nmax_flows = 100\nidle_timeout_s = 30\n")
+    monkeypatch.setenv("EDGE_ETC_RUN_MAX_FLOWS", "2500")
+    monkeypatch.setenv("EDGE_ETC_RUN_IFACE", "eth9")
+    result = invoke("config", path)
+    assert result.exit_code == 0, result.output
+    values = flat(result.output)
+    assert values["flows.max_flows"] == 2500
+    assert values["flows.idle_timeout_s"] == 30
+    assert values["capture.interface"] == "eth9"
+    assert result.output.splitlines()[0] == (
+        f"# {path}, then the variables EDGE_ETC_RUN_IFACE, EDGE_ETC_RUN_MAX_FLOWS")
+    assert invoke("config", "--defaults").output == config.render()
+    monkeypatch.setenv("EDGE_ETC_RUN_MAX_FLOWS", "many")
+    result = invoke("config", path)
+    assert result.exit_code == 2
+    assert "EDGE_ETC_RUN_MAX_FLOWS" in result.output
+
+
 def test_config_command_needs_one_mode(tmp_path):
     assert invoke("config").exit_code == 2
     assert invoke("config", "--defaults", write(tmp_path, "")).exit_code == 2
