@@ -32,7 +32,8 @@ from edge_etc.preprocess import CONTEXT_BYTES, Preprocessing
 
 from . import dataset
 from .metrics import flow_decisions, format_report, per_class_report
-from .train import CLASS_WEIGHT_POWER, DEFAULT_WEIGHTING, settings_from_options, training_weights
+from .train import (CLASS_WEIGHT_POWER, DEFAULT_WEIGHTING, MEMBERS, settings_from_options,
+                    training_weights)
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +110,7 @@ class Evaluation:
     """Runs the folds for one preprocessing setting and collects reports."""
 
     def __init__(self, corpus, settings, captures, folds, epochs, seed, max_windows, first_only,
-                 int8=True, class_power=None, weighting=None, repeats=1):
+                 int8=True, class_power=None, weighting=None, repeats=1, members=None):
         self.settings = settings
         self.data = dataset.build_windows(corpus, settings, captures, seed=seed)
         self.captures = captures
@@ -123,6 +124,7 @@ class Evaluation:
         self.class_power = class_power
         self.weighting = weighting or DEFAULT_WEIGHTING
         self.repeats = repeats
+        self.members = members or MEMBERS
 
     def split(self, f):
         train = [i for i in range(len(self.captures)) if self.fold[i] != f]
@@ -159,7 +161,7 @@ class Evaluation:
             train_idx, test_idx = self.split(f)
             started = time.time()
             position_limit = self.max_windows if self.first_only else None
-            extra = {"weighting": self.weighting}
+            extra = {"weighting": self.weighting, "members": self.members}
             if self.class_power is not None:
                 extra["class_power"] = self.class_power
             seed = self.seed + f + REPEAT_SEED_STEP * r
@@ -342,8 +344,9 @@ def confusion_text(report, classes):
 def evaluate_command(corpus, output, preset, seed, vector_bytes, window_rule, no_server_port,
                      no_mask_addresses, context, window_packets, max_windows, first_only,
                      baselines, int8, port_buckets=None, class_power=None, weighting=None,
-                     repeats=None):
+                     repeats=None, members=None):
     corpus = corpus or dataset.default_corpus()
+    members = members or MEMBERS
     cfg = PRESETS[preset]
     repeats = repeats or cfg["repeats"]
     settings = settings_from_options(vector_bytes=vector_bytes, window_rule=window_rule,
@@ -358,7 +361,7 @@ def evaluate_command(corpus, output, preset, seed, vector_bytes, window_rule, no
     os.makedirs(output, exist_ok=True)
     ev = Evaluation(corpus, settings, captures, cfg["folds"], cfg["epochs"], seed, max_windows,
                     first_only, int8=int8, class_power=class_power, weighting=weighting,
-                    repeats=repeats)
+                    repeats=repeats, members=members)
     flags = []
     if no_server_port:
         flags.append("--no-server-port")
@@ -374,6 +377,8 @@ def evaluate_command(corpus, output, preset, seed, vector_bytes, window_rule, no
         flags.append(f"--weighting {weighting}")
     if vector_bytes is not None:
         flags.append(f"--vector-bytes {vector_bytes}")
+    if members != MEMBERS:
+        flags.append(f"--members {members}")
     if window_rule is not None:
         flags.append(f"--window-rule {window_rule}")
     if context is not None:
@@ -383,7 +388,7 @@ def evaluate_command(corpus, output, preset, seed, vector_bytes, window_rule, no
     results = {"flags": " ".join(flags), "settings": settings.to_dict(), "preset": preset, "folds": cfg["folds"],
                "epochs": cfg["epochs"], "seed": seed, "max_windows": max_windows,
                "first_only": first_only, "captures": len(captures), "repeats": repeats,
-               "weighting": _weighting_text(ev.weighting, class_power)}
+               "members": members, "weighting": _weighting_text(ev.weighting, class_power)}
     results["cnn_lstm"] = ev.run_model()
     rows = [_summary_row("CNN-LSTM float", results["cnn_lstm"], "overall_float")]
     if int8:
@@ -404,7 +409,7 @@ def evaluate_command(corpus, output, preset, seed, vector_bytes, window_rule, no
         if settings.window_packets != 1:
             one = Evaluation(corpus, Preprocessing(**{**settings.to_dict_plain(), "window_packets": 1}),
                              captures, cfg["folds"], cfg["epochs"], seed, max_windows, first_only, int8=False,
-                             weighting=weighting, repeats=repeats)
+                             weighting=weighting, repeats=repeats, members=members)
             results["one_packet_cnn"] = one.run_model()
             rows.append(_summary_row("one-packet CNN", results["one_packet_cnn"], "overall_float"))
     results["summary"] = rows

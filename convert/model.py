@@ -19,7 +19,8 @@ nothing, and only the unrolled form converts to full-integer int8 TFLite.
 
 
 def build_model(window_packets, vector_bytes, n_classes, filters=(32, 32), feature_units=64,
-                lstm_units=64, dropout=0.2, context_bytes=0, context_units=32, pool=2, patch=8):
+                lstm_units=64, dropout=0.2, context_bytes=0, context_units=32, pool=2, patch=8,
+                members=1):
     """Return an uncompiled Keras model.
 
     `filters` gives the filters of each convolution: the first one is the patch layer
@@ -30,37 +31,68 @@ def build_model(window_packets, vector_bytes, n_classes, filters=(32, 32), featu
     buckets) bypass the CNN: a dense layer reads them directly and its output joins the
     CNN's packet features before the LSTM. The split uses Permute and Cropping1D, which
     serialize without custom code and convert to TRANSPOSE and STRIDED_SLICE.
+
+    With `members` > 1, the model holds that many independent CNN-LSTMs (layer names
+    prefixed "m1_", "m2_", ...) on the same input, and its output is the mean of their class
+    probabilities. `member_outputs` returns the members' own outputs, which training fits
+    one loss each, so every member learns on its own from its own initial weights.
     """
     import keras
     from keras import layers
 
     inp = keras.Input((window_packets, vector_bytes), name="window")
     header_bytes = vector_bytes - context_bytes
-    x = inp
+    x = c = inp
     if context_bytes:
         by_byte = layers.Permute((2, 1), name="bytes_first")(inp)
         header = layers.Cropping1D((0, context_bytes), name="header_bytes")(by_byte)
         context = layers.Cropping1D((header_bytes, 0), name="context_bytes")(by_byte)
         x = layers.Permute((2, 1), name="header")(header)
         c = layers.Permute((2, 1), name="context")(context)
-        c = layers.Dense(context_units, activation="relu", name="context_features")(c)
-    h = layers.Reshape((window_packets, header_bytes, 1))(x)
+    outputs = []
+    for m in range(members):
+        prefix = f"m{m + 1}_" if members > 1 else ""
+        outputs.append(_member(layers, x, c, prefix, window_packets, header_bytes, n_classes,
+                               filters, feature_units, lstm_units, dropout, context_bytes,
+                               context_units, pool, patch))
+    if members == 1:
+        return keras.Model(inp, outputs[0], name="cnn_lstm")
+    out = layers.Average(name="classes")(outputs)
+    return keras.Model(inp, out, name="cnn_lstm_ensemble")
+
+
+def member_outputs(model):
+    """Return the class-probability outputs of a model's members (the output itself for a
+    model of one member)."""
+    names = sorted(layer.name for layer in model.layers
+                   if layer.name.startswith("m") and layer.name.endswith("_classes"))
+    if not names:
+        return [model.output]
+    return [model.get_layer(name).output for name in names]
+
+
+def _member(layers, x, c, prefix, window_packets, header_bytes, n_classes, filters,
+            feature_units, lstm_units, dropout, context_bytes, context_units, pool, patch):
+    """Build one CNN-LSTM on the header part `x` and context part `c`; return its softmax."""
+    if context_bytes:
+        c = layers.Dense(context_units, activation="relu", name=f"{prefix}context_features")(c)
+    h = layers.Reshape((window_packets, header_bytes, 1), name=f"{prefix}packets")(x)
     convs = list(filters)
     if patch > 1:
         # A single-channel convolution at every byte position writes one output per
         # position and filter; patches cut those outputs by `patch` (timings above).
         h = layers.Conv2D(convs.pop(0), (1, patch), strides=(1, patch), padding="same",
-                          activation="relu", name="patches")(h)
+                          activation="relu", name=f"{prefix}patches")(h)
     for i, f in enumerate(convs):
-        h = layers.Conv2D(f, (1, 5), padding="same", activation="relu", name=f"conv{i + 1}")(h)
-        h = layers.MaxPooling2D((1, pool), name=f"pool{i + 1}")(h)
+        h = layers.Conv2D(f, (1, 5), padding="same", activation="relu",
+                          name=f"{prefix}conv{i + 1}")(h)
+        h = layers.MaxPooling2D((1, pool), name=f"{prefix}pool{i + 1}")(h)
     length = h.shape[2]
-    h = layers.Reshape((window_packets, length * h.shape[3]))(h)
-    h = layers.Dropout(dropout)(h)
-    h = layers.Dense(feature_units, activation="relu", name="packet_features")(h)
+    h = layers.Reshape((window_packets, length * h.shape[3]), name=f"{prefix}flatten")(h)
+    h = layers.Dropout(dropout, name=f"{prefix}dropout1")(h)
+    h = layers.Dense(feature_units, activation="relu", name=f"{prefix}packet_features")(h)
     if context_bytes:
-        h = layers.Concatenate(name="features")([h, c])
-    h = layers.LSTM(lstm_units, unroll=True, name="lstm")(h)
-    h = layers.Dropout(dropout)(h)
-    out = layers.Dense(n_classes, activation="softmax", name="classes")(h)
-    return keras.Model(inp, out, name="cnn_lstm")
+        h = layers.Concatenate(name=f"{prefix}features")([h, c])
+    h = layers.LSTM(lstm_units, unroll=True, name=f"{prefix}lstm")(h)
+    h = layers.Dropout(dropout, name=f"{prefix}dropout2")(h)
+    return layers.Dense(n_classes, activation="softmax", name=f"{prefix}classes")(h)

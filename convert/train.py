@@ -39,6 +39,9 @@ EMA_MOMENTUM = 0.99
 # that the average covers about its last fifth (see `fit`).
 EMA_MIN_SHARE_STEPS = 5
 BATCH_SIZE = 256
+# CNN-LSTMs averaged in one model (`--members`, see `fit`). One by default: every member
+# adds the whole network's inference time, and the runner's speed targets are set for one.
+MEMBERS = 1
 # "capture": every capture of a class carries the same total weight; "flow": every flow does.
 WEIGHTINGS = ("capture", "flow")
 DEFAULT_WEIGHTING = "capture"
@@ -94,8 +97,11 @@ def set_seed(seed):
 
 def fit(data, train_idx, settings, epochs, seed, val_share=0.15, position_limit=None,
         return_val=False, early_stopping=False, class_power=CLASS_WEIGHT_POWER,
-        weighting=DEFAULT_WEIGHTING):
+        weighting=DEFAULT_WEIGHTING, members=MEMBERS):
     """Train a model on the windows of captures `train_idx`; return the Keras model.
+
+    With `members` > 1, the model is the average of that many CNN-LSTMs, trained together:
+    each member has its own loss on the same batches, from its own initial weights.
 
     Args:
         position_limit: train only on windows at positions below this (an ablation: windows
@@ -107,7 +113,7 @@ def fit(data, train_idx, settings, epochs, seed, val_share=0.15, position_limit=
     """
     import keras
 
-    from .model import build_model
+    from .model import build_model, member_outputs
 
     set_seed(seed)
     tr_caps = [data.captures[i] for i in train_idx]
@@ -129,25 +135,34 @@ def fit(data, train_idx, settings, epochs, seed, val_share=0.15, position_limit=
     log.info("training on %d windows (%d captures), validating on %d windows (%d captures)",
              len(y_tr), len(inner_train), len(y_va), len(inner_val))
     model = build_model(settings.window_packets, settings.vector_bytes, n_classes,
-                        context_bytes=settings.context_bytes)
+                        context_bytes=settings.context_bytes, members=members)
+    # The members are fitted through a model with one output per member; it shares its
+    # layers (and so its weights) with `model`, whose output is the members' mean.
+    trainer = keras.Model(model.inputs, member_outputs(model)) if members > 1 else model
     # The model keeps an exponential moving average of its weights over the last ~100
     # training steps (about one epoch), which Keras swaps in when fit ends. A short
     # training (few windows or epochs) averages over its last 20% of steps instead: with
     # 75 steps, momentum 0.99 would leave 47% of the first step's weights in the average.
     steps = epochs * max(1, -(-len(y_tr) // BATCH_SIZE))
     optimizer = keras.optimizers.Adam(1e-3, use_ema=True, ema_momentum=ema_momentum(steps))
-    model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy",
-                  weighted_metrics=["accuracy"])
+    n_out = len(trainer.outputs)
+    if n_out > 1:
+        trainer.compile(optimizer=optimizer, loss=["sparse_categorical_crossentropy"] * n_out,
+                        weighted_metrics=[["accuracy"]] * n_out)
+    else:
+        trainer.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy",
+                        weighted_metrics=["accuracy"])
     callbacks = []
     if early_stopping and len(y_va):
         callbacks.append(keras.callbacks.EarlyStopping(monitor="val_loss", patience=6,
                                                        restore_best_weights=True))
     # Few captures can leave no validation windows: train without validation then.
-    validation = (x_va, y_va, w_va) if len(y_va) else None
+    targets = (lambda y: [y] * n_out) if n_out > 1 else (lambda y: y)
+    validation = (x_va, targets(y_va), w_va) if len(y_va) else None
     # Keras's progress bar (verbose=1) wrote ANSI codes to stdout, among the report: log one
     # line per epoch on stderr instead.
     callbacks.append(_epoch_logger(epochs))
-    model.fit(x_tr, y_tr, sample_weight=w_tr, validation_data=validation,
+    trainer.fit(x_tr, targets(y_tr), sample_weight=w_tr, validation_data=validation,
               epochs=epochs, batch_size=BATCH_SIZE, shuffle=True, callbacks=callbacks, verbose=0)
     return (model, inner_val) if return_val else model
 
@@ -224,7 +239,9 @@ def _threshold_note(data, val_idx, threshold):
 
 
 def train_command(corpus, output, epochs, seed, vector_bytes, window_rule, no_server_port,
-                  limit_captures, context=None, port_buckets=None, weighting=DEFAULT_WEIGHTING):
+                  limit_captures, context=None, port_buckets=None, weighting=DEFAULT_WEIGHTING,
+                  members=None):
+    members = members or MEMBERS
     corpus = corpus or dataset.default_corpus()
     settings = settings_from_options(vector_bytes=vector_bytes, window_rule=window_rule,
                                      server_port=False if no_server_port else None,
@@ -246,7 +263,7 @@ def train_command(corpus, output, epochs, seed, vector_bytes, window_rule, no_se
                     len(captures), 100 * len(test_idx) / len(captures),
                     100 * dataset.HELD_OUT_SHARE)
     model, val_idx = fit(data, train_idx, settings, epochs, seed, return_val=True,
-                         weighting=weighting)
+                         weighting=weighting, members=members)
     threshold = unknown_threshold(model, data, val_idx)
     threshold_note = _threshold_note(data, val_idx, threshold)
     if threshold_note:
@@ -264,6 +281,7 @@ def train_command(corpus, output, epochs, seed, vector_bytes, window_rule, no_se
         "preprocessing": settings.to_dict(),
         "seed": seed,
         "weighting": weighting,
+        "members": members,
         "corpus": os.path.abspath(corpus),
         "split": {"train": [captures[i].path for i in train_idx],
                   "test": [captures[i].path for i in test_idx]},

@@ -57,6 +57,11 @@ def main():
       f"{ev['seed']}) and dealt round-robin, so no capture is on both sides of a split.")
     w(f"- Training: {ev['epochs']} epochs on the other folds; 15% of their captures are held out for "
       "the unknown threshold. Weighting: " + ev["weighting"] + ".")
+    members = ev.get("members", 1)
+    if members > 1:
+        w(f"- Every network is an average of {members} member networks, trained together on the "
+          "same batches from their own initial weights, each with its own loss; its output is the "
+          "mean of the members' class probabilities. A training repeat trains all the members.")
     decision = ("the class probabilities of a flow's first window" if ev["max_windows"] == 1 else
                 f"the mean class probabilities of a flow's first {ev['max_windows']} windows")
     w(f"- Scores are per **flow**: the runner's decision, {decision}. Flows labelled `background` "

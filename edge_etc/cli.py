@@ -414,6 +414,12 @@ _weighting_option = click.option(
     help="Training weights: every capture of a class the same total weight, or every flow.")
 
 
+_members_option = click.option(
+    "--members", type=click.IntRange(1, 16), default=None,
+    help="CNN-LSTMs averaged in one model, trained together; each adds the whole "
+         "network's inference time [default: 1].")
+
+
 @main.command()
 @_preprocessing_options
 @click.option("-o", "--output", metavar="DIR", default="model", show_default=True,
@@ -421,18 +427,19 @@ _weighting_option = click.option(
 @click.option("--epochs", type=click.IntRange(1, 1000), default=15, show_default=True,
               help="Training epochs (a fixed number: no early stopping).")
 @_weighting_option
+@_members_option
 @click.option("--limit-captures", type=click.IntRange(1), default=None,
               help="Use only N captures, spread over the classes (for quick tests).")
 @_verbosity
 def train(corpus, seed, vector_bytes, window_rule, no_server_port, context, port_buckets, output,
-          epochs, limit_captures, weighting, verbose, quiet):
+          epochs, limit_captures, weighting, members, verbose, quiet):
     """Train the CNN-LSTM on labelled captures, holding out captures for evaluation."""
     setup_logging(verbose, quiet)
     mod = _training_module("train")
     try:
         mod.train_command(corpus, output, epochs, seed, vector_bytes, window_rule,
                           no_server_port, limit_captures, context=context,
-                          port_buckets=port_buckets, weighting=weighting)
+                          port_buckets=port_buckets, weighting=weighting, members=members)
     except EdgeEtcError as e:
         fail(str(e), e.exit_code)
 
@@ -459,13 +466,14 @@ def train(corpus, seed, vector_bytes, window_rule, no_server_port, context, port
               help="Also score the port, statistics and one-packet baselines.")
 @click.option("--int8/--no-int8", default=True, show_default=True, help="Also quantize and score int8 models.")
 @_weighting_option
+@_members_option
 @click.option("--class-weight-power", type=click.FloatRange(0, 1), default=None,
               help="Class balance of the training weights: 1 equal per class, 0 in proportion "
                    "to the class's captures (or flows) [default: 0.5].")
 @_verbosity
 def evaluate(corpus, seed, vector_bytes, window_rule, no_server_port, context, port_buckets, output,
              preset, repeats, window_packets, no_mask_addresses, max_windows, first_only, baselines,
-             int8, weighting, class_weight_power, verbose, quiet):
+             int8, weighting, members, class_weight_power, verbose, quiet):
     """Cross-validate the CNN-LSTM by capture file, with baselines and ablations."""
     setup_logging(verbose, quiet)
     mod = _training_module("evaluate")
@@ -473,7 +481,8 @@ def evaluate(corpus, seed, vector_bytes, window_rule, no_server_port, context, p
         mod.evaluate_command(corpus, output, preset, seed, vector_bytes, window_rule, no_server_port,
                              no_mask_addresses, context, window_packets, max_windows, first_only,
                              baselines, int8, port_buckets=port_buckets,
-                             class_power=class_weight_power, weighting=weighting, repeats=repeats)
+                             class_power=class_weight_power, weighting=weighting, repeats=repeats,
+                             members=members)
     except EdgeEtcError as e:
         fail(str(e), e.exit_code)
 

@@ -20,6 +20,7 @@ def test_train_convert_run(corpus, tmp_path):
     assert "macro-F1" in r.stdout
     meta = json.loads((out / "model.json").read_text())
     assert not set(meta["split"]["train"]) & set(meta["split"]["test"])
+    assert meta["members"] == 1
 
     r = run_cli("convert", str(out / "model.h5"), "--force", "-q", env=env, timeout=900)
     assert r.returncode == 0, r.stderr[-2000:]
@@ -34,6 +35,28 @@ def test_train_convert_run(corpus, tmp_path):
     records = [json.loads(line) for line in r.stdout.splitlines()]
     assert records
     assert all(x["label"] in labels for x in records)
+
+
+def test_members_average_their_outputs():
+    """A model of several members outputs the mean of the members' class probabilities, and
+    training reaches each member's own output."""
+    import keras
+    import numpy as np
+
+    from convert.model import build_model, member_outputs
+
+    keras.utils.set_random_seed(3)
+    model = build_model(3, 120, 4, filters=(8, 8), feature_units=8, lstm_units=8,
+                        context_bytes=24, context_units=4, members=3)
+    outputs = member_outputs(model)
+    assert len(outputs) == 3
+    x = np.random.default_rng(0).random((16, 3, 120), dtype=np.float32)
+    each = keras.Model(model.inputs, outputs).predict(x, verbose=0)
+    mean = model.predict(x, verbose=0)
+    assert not np.allclose(each[0], each[1])  # the members start from their own weights
+    np.testing.assert_allclose(mean, np.mean(each, axis=0), rtol=1e-5, atol=1e-6)
+    single = build_model(3, 120, 4, filters=(8, 8), feature_units=8, lstm_units=8)
+    assert len(member_outputs(single)) == 1
 
 
 def _save(model, path):
@@ -94,6 +117,26 @@ def test_evaluate_ci_preset(corpus, tmp_path):
         assert expected in names
     assert (out / "confusion_float.png").stat().st_size > 0
     assert "flow macro-F1" in (out / "evaluation.txt").read_text()
+
+
+def test_members_train_convert_run(corpus, tmp_path):
+    """`--members 2`: one model file whose int8 form the runner reads like any other."""
+    out = tmp_path / "pair"
+    env = dict(os.environ, EDGE_ETC_CORPUS=corpus)
+    r = run_cli("train", "-o", str(out), "--members", "2", "--epochs", "1", "--limit-captures", "20",
+                "-q", env=env, timeout=900)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert json.loads((out / "model.json").read_text())["members"] == 2
+    r = run_cli("convert", str(out / "model.h5"), "--force", "-q", env=env, timeout=900)
+    assert r.returncode == 0, r.stderr[-2000:]
+    parity = json.loads((out / "model.tflite.parity.json").read_text())
+    assert not any("LSTM" in op for op in parity["operators"])  # unrolled: no state kept
+    r = run_cli("info", str(out / "model.tflite"))
+    assert r.returncode == 0, r.stderr
+    r = run_cli("run", "--pcap", case("eth_tls_2flows.pcap"), "--model", str(out / "model.tflite"),
+                "--backend", "numpy")
+    assert r.returncode == 0, r.stderr
+    assert len(r.stdout.splitlines()) == 2
 
 
 def test_train_single_capture_per_class(corpus, tmp_path):
