@@ -144,8 +144,9 @@ def main():
     w("edge-etc evaluate -o evaluation                      # main run: baselines and int8")
     for name, path in ablations:
         a = load(path)
+        int8 = "" if "overall_int8" in a.get("cnn_lstm", {}) else " --no-int8"
         w(f"edge-etc evaluate -o ablation-{name.replace(' ', '-')} {a.get('flags', '')} "
-          f"--repeats {a.get('repeats', 1)} --no-baselines --no-int8")
+          f"--repeats {a.get('repeats', 1)} --no-baselines{int8}")
     w("python docs/make_evaluation_page.py evaluation 'NAME=ablation-DIR' ... "
       "--notes docs/evaluation/findings.md > docs/EVALUATION.md")
     w("```\n")
