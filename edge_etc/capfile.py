@@ -112,10 +112,13 @@ class _WaitingPipe(io.RawIOBase):
     the stream (pcap, pcapng, gzip, bzip2, xz), so all of them wait the same way.
     """
 
-    def __init__(self, raw):
+    def __init__(self, f):
         super().__init__()
-        self._raw = raw
-        self._fd = raw.fileno()
+        # Keep the buffered file `f`, not only its raw stream, because the finalizer of a
+        # file opened by path closes that raw stream once nothing references the file.
+        self._file = f
+        self._raw = f.raw
+        self._fd = f.fileno()
         self.owner = None  # the CaptureFile whose on_wait runs while the pipe is empty
         os.set_blocking(self._fd, False)
 
@@ -129,7 +132,7 @@ class _WaitingPipe(io.RawIOBase):
         if not (stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode)):
             return f
         try:
-            return io.BufferedReader(cls(f.raw), CHUNK_BYTES)
+            return io.BufferedReader(cls(f), CHUNK_BYTES)
         except OSError:
             return f
 
@@ -158,7 +161,7 @@ class _WaitingPipe(io.RawIOBase):
                 os.set_blocking(self._fd, True)
             except OSError:
                 pass
-            self._raw.close()
+            self._file.close()
         super().close()
 
 

@@ -1,6 +1,7 @@
 """The `edge-etc` command's behaviour at its edges: exit codes, help text, environment
 variables and messages, each run through the real command."""
 
+import errno
 import os
 import re
 import select
@@ -11,7 +12,7 @@ import time
 
 import pytest
 
-from conftest import case, corpus, default_sigint  # noqa: F401 (corpus is a fixture)
+from conftest import case, corpus, default_sigint, run_cli  # noqa: F401 (corpus is a fixture)
 
 PCAP = case("eth_tls_2flows.pcap")
 PCAP_HEADER_BYTES = 24
@@ -152,6 +153,51 @@ def test_open_pipe_writes_decisions_and_stops(name, pure_python):
     assert b"Traceback" not in err
     assert waited < 10, f"the run took {waited:.1f} s to stop"
     assert len((first + out).splitlines()) == 2  # both flows of the capture
+
+
+def open_fifo_writer(path, proc, timeout=60):
+    """Open the FIFO `path` for writing once `proc` has opened it for reading.
+
+    Fails the test if `proc` ends or `timeout` seconds pass first, where a plain open
+    would hang."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK)
+        except OSError as e:
+            if e.errno != errno.ENXIO:  # ENXIO: no reader yet
+                raise
+        else:
+            os.set_blocking(fd, True)
+            return os.fdopen(fd, "wb")
+        assert proc.poll() is None, proc.communicate()[1]
+        assert time.monotonic() < deadline, "the run did not open the FIFO"
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize("name", ["eth_tls_2flows.pcap", "eth_tls_2flows.pcap.gz",
+                                  "pcapng_tls_2flows.pcapng"])
+def test_fifo_path_same_as_file(tmp_path, name):
+    """A FIFO given by path (mkfifo) gives the decisions of the same capture read as a
+    regular file."""
+    expected = run_cli("run", "--pcap", case(name))
+    assert expected.returncode == 0, expected.stderr
+    fifo = tmp_path / "capture"
+    os.mkfifo(fifo)
+    proc = subprocess.Popen([sys.executable, "-m", "edge_etc", "run", "--pcap", str(fifo)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        with open(case(name), "rb") as f, open_fifo_writer(fifo, proc) as writer:
+            writer.write(f.read())
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err
+    assert out == expected.stdout
+    assert len(out.splitlines()) == 2
 
 
 def test_closed_stdout_one_line_error(tmp_path):
