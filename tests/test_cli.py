@@ -375,7 +375,7 @@ def test_ignored_sigint_stays_ignored():
     try:
         time.sleep(2)  # blocked on the file header: start-up handlers
         proc.send_signal(signal.SIGINT)
-        proc.stdin.write(data)
+        proc.stdin.write(header + records)
         proc.stdin.flush()
         ready, _, _ = select.select([proc.stdout], [], [], 60)
         assert ready, "no decision written"
