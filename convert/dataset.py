@@ -60,8 +60,11 @@ class Capture:
 def read_manifest(corpus):
     """Return the corpus's captures in MANIFEST.tsv order."""
     manifest = os.path.join(corpus, "MANIFEST.tsv")
+    hint = "give --corpus DIR or set EDGE_ETC_CORPUS"
+    if not os.path.isdir(corpus):
+        raise ConfigError(f"{corpus}: corpus folder not found; {hint}")
     if not os.path.isfile(manifest):
-        raise ConfigError(f"{corpus}: not a corpus folder (MANIFEST.tsv not found); give --corpus DIR")
+        raise ConfigError(f"{corpus}: not a corpus folder (MANIFEST.tsv not found); {hint}")
     with open(manifest, newline="") as f:
         return [Capture(row["file"], row["class"]) for row in csv.DictReader(f, delimiter="\t")]
 

@@ -110,7 +110,8 @@ class Evaluation:
     """Runs the folds for one preprocessing setting and collects reports."""
 
     def __init__(self, corpus, settings, captures, folds, epochs, seed, max_windows, first_only,
-                 int8=True, class_power=None, weighting=None, repeats=1, members=None):
+                 int8=True, class_power=None, weighting=None, repeats=1, members=None,
+                 name="CNN-LSTM"):
         self.settings = settings
         self.data = dataset.build_windows(corpus, settings, captures, seed=seed)
         self.captures = captures
@@ -125,6 +126,7 @@ class Evaluation:
         self.weighting = weighting or DEFAULT_WEIGHTING
         self.repeats = repeats
         self.members = members or MEMBERS
+        self.name = name  # the network's name in log lines
 
     def split(self, f):
         train = [i for i in range(len(self.captures)) if self.fold[i] != f]
@@ -208,7 +210,7 @@ class Evaluation:
                 labels8 = data.flow_label[ids8]
                 out["int8"].append(per_class_report(labels8[labels8 >= 0], pred8[labels8 >= 0], data.classes))
                 all_int8.append(pred8[labels8 >= 0])
-            log.info("%sfold %d: flow macro-F1 float %.3f%s (%.0f s)",
+            log.info("%s, %sfold %d: flow macro-F1 float %.3f%s (%.0f s)", self.name,
                      f"repeat {r}, " if self.repeats > 1 else "", f, out["float"][-1]["macro_f1"],
                      f", int8 {out['int8'][-1]['macro_f1']:.3f}" if self.int8 else "", time.time() - started)
         true = np.concatenate(all_true)
@@ -409,7 +411,8 @@ def evaluate_command(corpus, output, preset, seed, vector_bytes, window_rule, no
         if settings.window_packets != 1:
             one = Evaluation(corpus, Preprocessing(**{**settings.to_dict_plain(), "window_packets": 1}),
                              captures, cfg["folds"], cfg["epochs"], seed, max_windows, first_only, int8=False,
-                             weighting=weighting, repeats=repeats, members=members)
+                             weighting=weighting, repeats=repeats, members=members,
+                             name="one-packet CNN")
             results["one_packet_cnn"] = one.run_model()
             rows.append(_summary_row("one-packet CNN", results["one_packet_cnn"], "overall_float"))
     results["summary"] = rows

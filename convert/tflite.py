@@ -205,6 +205,7 @@ def convert_command(keras_path, output, corpus, force, seed):
 
     corpus = corpus or dataset.default_corpus()
     output = output or os.path.splitext(keras_path)[0] + ".tflite"
+    captures = dataset.read_manifest(corpus)  # before the model: loading TensorFlow takes seconds
     model = load_keras_model(keras_path)
     check_layers(model, keras_path)
     packets, vector_bytes, n_out = check_io(model, keras_path)
@@ -231,7 +232,6 @@ def convert_command(keras_path, output, corpus, force, seed):
     if len(labels) != n_out:
         raise ModelError(f"{keras_path}: {n_out} outputs but {len(labels)} labels")
 
-    captures = dataset.read_manifest(corpus)
     if test_paths:
         test_idx = [i for i, c in enumerate(captures) if c.path in test_paths]
         train_idx = [i for i, c in enumerate(captures) if c.path not in test_paths]

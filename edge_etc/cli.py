@@ -318,7 +318,11 @@ def show_config(defaults, config_file):
         click.echo(config.render(config.DEFAULTS), nl=False)
         return
     # `run`'s own options resolve the variables, so their values and errors are the same.
-    run_ctx = run.make_context("run", [], parent=click.get_current_context().parent)
+    try:
+        run_ctx = run.make_context("run", [], parent=click.get_current_context().parent)
+    except click.ClickException as e:
+        # Reported as this command's error: the usage lines of `run` would mislead.
+        fail(e.format_message(), ExitCode.BAD_INPUT)
     given = config.options_given(run_ctx) - {"config_file", "pcap_file", "strict", "verbose", "quiet"}
     options = {name: run_ctx.params[name] for name in given}
     try:

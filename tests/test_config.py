@@ -154,6 +154,7 @@ def test_config_file_command_applies_variables(tmp_path, monkeypatch):
     result = invoke("config", path)
     assert result.exit_code == 2
     assert "EDGE_ETC_RUN_MAX_FLOWS" in result.output
+    assert "edge-etc run" not in result.output  # no usage lines of another command
 
 
 def test_config_command_needs_one_mode(tmp_path):

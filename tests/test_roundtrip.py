@@ -139,6 +139,18 @@ def test_members_train_convert_run(corpus, tmp_path):
     assert len(r.stdout.splitlines()) == 2
 
 
+@pytest.mark.parametrize("command", ["train", "convert"])
+def test_missing_corpus_names_variable(command, tmp_path):
+    env = dict(os.environ, EDGE_ETC_CORPUS=str(tmp_path / "no-corpus"))
+    (tmp_path / "m.h5").write_bytes(b"not read: the corpus is checked first")
+    args = ["train", "-o", str(tmp_path / "m")] if command == "train" else ["convert", str(tmp_path / "m.h5")]
+    r = run_cli(*args, env=env)
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.strip().splitlines()[-1] == (
+        f"edge-etc: error: {tmp_path / 'no-corpus'}: corpus folder not found; give --corpus DIR "
+        "or set EDGE_ETC_CORPUS")
+
+
 def test_train_single_capture_per_class(corpus, tmp_path):
     """Three captures, one per class: nothing can be held out, and the model is still saved."""
     out = tmp_path / "tiny"
