@@ -1,6 +1,7 @@
 """The hard inputs in tests/data/cases (see its README): link layers, file formats, IP
 oddities, timestamps and broken files, each checked for what the product must do."""
 
+import gzip
 import json
 import os
 
@@ -203,6 +204,19 @@ def test_bad_files_exit_2_one_line(name, message):
     assert name in lines[0]
     assert message in lines[0]
     assert "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"abc", "not a pcap or pcapng file (3 bytes, shorter than a file header)"),
+    (gzip.compress(b""), "empty gzip stream, not a capture"),
+    (gzip.compress(b"ab"), "not a pcap or pcapng file (2 bytes, shorter than a file header)"),
+])
+def test_file_shorter_than_header_named(tmp_path, content, message):
+    path = tmp_path / "short.pcap"
+    path.write_bytes(content)
+    r = run_cli("run", "--pcap", str(path))
+    assert r.returncode == 2
+    assert r.stderr.strip() == f"edge-etc: error: {path}: {message}"
 
 
 def test_missing_file_not_treated_as_interface(tmp_path):
