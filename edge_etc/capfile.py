@@ -94,8 +94,29 @@ def _open_checked(path):
         if head.startswith(magic):
             # No extra buffering on top: it would read ahead into a stream cut short and fail
             # before the complete records could be yielded.
+            if isinstance(f.raw, _WaitingPipe):
+                return opener(_ArrivedBytes(f)), name
             return opener(f), name
     return f, None
+
+
+class _ArrivedBytes:
+    """The compressed stream of a pipe, as a decompressor reads it.
+
+    gzip, bz2 and lzma read their input 8 KiB at a time, and a buffered read of a pipe
+    waits until all 8 KiB have arrived, so the records at the end of a stream whose writer
+    stays open would wait for more. `read` returns what has arrived instead: at least one
+    byte, or none at the end of the stream.
+    """
+
+    def __init__(self, f):
+        self._f = f
+        self.raw = f.raw  # the _WaitingPipe, for CaptureFile._find_pipe
+
+    def read(self, size=-1):
+        if size is None or size < 0:
+            return self._f.read()
+        return self._f.read1(size)
 
 
 class _StopReading(Exception):

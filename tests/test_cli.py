@@ -1,7 +1,10 @@
 """The `edge-etc` command's behaviour at its edges: exit codes, help text, environment
 variables and messages, each run through the real command."""
 
+import bz2
 import errno
+import gzip
+import lzma
 import os
 import re
 import select
@@ -116,6 +119,22 @@ def test_summary_and_reopen_requests_during_start_up(tmp_path):
     assert out.read_text().count("\n") == 2
 
 
+def start_stdin_run(**popen_args):
+    """Start `edge-etc run --pcap -` with pipes for its standard streams."""
+    return subprocess.Popen([sys.executable, "-m", "edge_etc", "run", "--pcap", "-"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, preexec_fn=default_sigint, **popen_args)
+
+
+def write_until_decided(proc, data):
+    """Write `data` to the standard input of `proc`, leave it open and wait up to 60 s for
+    the first decision on its standard output."""
+    proc.stdin.write(data)
+    proc.stdin.flush()
+    ready, _, _ = select.select([proc.stdout], [], [], 60)
+    assert ready, "no decision written while the pipe stayed open"
+
+
 @pytest.mark.parametrize("name, pure_python", [
     ("eth_tls_2flows.pcap", False),
     ("eth_tls_2flows.pcap", True),
@@ -129,22 +148,19 @@ def test_open_pipe_writes_decisions_and_stops(name, pure_python):
     with open(case(name), "rb") as f:
         data = f.read()
     env = dict(os.environ, EDGE_ETC_PURE_PYTHON="1" if pure_python else "0")
-    proc = subprocess.Popen([sys.executable, "-m", "edge_etc", "run", "--pcap", "-"],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, env=env)
+    proc = start_stdin_run(env=env)
     try:
-        proc.stdin.write(data)
-        proc.stdin.flush()
-        ready, _, _ = select.select([proc.stdout], [], [], 60)
-        assert ready, "no decision written while the pipe stayed open"
+        write_until_decided(proc, data)
         # os.read, not readline: communicate() reads the descriptor itself, so lines that
         # a buffered readline had taken in would be lost to it.
         first = os.read(proc.stdout.fileno(), 1 << 16)
         assert first.startswith(b'{"ts": '), first
         proc.send_signal(signal.SIGTERM)
         started = time.monotonic()
-        out, err = proc.communicate(timeout=30)
+        # wait() before communicate(), which would close the writer and end the run itself
+        proc.wait(timeout=30)
         waited = time.monotonic() - started
+        out, err = proc.communicate(timeout=30)
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -153,6 +169,31 @@ def test_open_pipe_writes_decisions_and_stops(name, pure_python):
     assert b"Traceback" not in err
     assert waited < 10, f"the run took {waited:.1f} s to stop"
     assert len((first + out).splitlines()) == 2  # both flows of the capture
+
+
+@pytest.mark.parametrize("compress", [gzip.compress, bz2.compress, lzma.compress],
+                         ids=["gzip", "bzip2", "xz"])
+def test_compressed_pipe_read_to_end(compress):
+    """A whole compressed capture on a pipe whose writer stays open: every record is read
+    while the pipe waits, not only those in the decompressor's first 8 KiB reads."""
+    with open(PCAP, "rb") as f:
+        data = compress(f.read())
+    assert len(data) % 8192, "the stream must end inside an 8 KiB read"
+    proc = start_stdin_run()
+    try:
+        write_until_decided(proc, data)
+        time.sleep(1)  # five waits of 0.2 s with the pipe empty
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)  # the writer stays open until the run ends
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    err = err.decode()
+    assert proc.returncode == 143, err
+    assert "Traceback" not in err
+    assert summary_fields(err)["records"] == "30", err
 
 
 def open_fifo_writer(path, proc, timeout=60):
