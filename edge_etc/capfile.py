@@ -104,9 +104,9 @@ class _ArrivedBytes:
     """The compressed stream of a pipe, as a decompressor reads it.
 
     gzip, bz2 and lzma read their input 8 KiB at a time, and a buffered read of a pipe
-    waits until all 8 KiB have arrived, so the records at the end of a stream whose writer
-    stays open would wait for more. `read` returns what has arrived instead: at least one
-    byte, or none at the end of the stream.
+    waits until all 8 KiB have arrived. The records at the end of a stream whose writer
+    stays open would then wait for more. `read` returns what has arrived instead: at least
+    one byte, or none at the end of the stream.
     """
 
     def __init__(self, f):
@@ -124,13 +124,16 @@ class _StopReading(Exception):
 
 
 class _WaitingPipe(io.RawIOBase):
-    """A pipe, FIFO or socket, read in non-blocking mode.
+    """A pipe, FIFO or socket, read only when select() reports data.
 
-    A blocking read of such a stream holds back the records that have arrived until a
-    whole chunk is there, and a signal waits for the writer. This reader returns what has
-    arrived; while nothing comes, it calls its CaptureFile's `on_wait()` every WAIT_S
-    seconds and raises _StopReading when that returns True. It sits under every reader of
-    the stream (pcap, pcapng, gzip, bzip2, xz), so all of them wait the same way.
+    A read of such a stream returns the records that have arrived instead of waiting for a
+    whole chunk. While nothing comes, this reader calls its CaptureFile's `on_wait()` every
+    WAIT_S seconds and raises _StopReading when that returns True. It sits under every
+    reader of the stream (pcap, pcapng, gzip, bzip2, xz), so all of them wait the same way.
+
+    The descriptor stays in blocking mode because it may be shared with the parent process
+    (standard input), and a run that a signal ends during start-up exits through os._exit
+    (see edge_etc._entry), with no chance to switch it back.
     """
 
     def __init__(self, f):
@@ -141,7 +144,6 @@ class _WaitingPipe(io.RawIOBase):
         self._raw = f.raw
         self._fd = f.fileno()
         self.owner = None  # the CaptureFile whose on_wait runs while the pipe is empty
-        os.set_blocking(self._fd, False)
 
     @classmethod
     def wrap(cls, f):
@@ -152,10 +154,7 @@ class _WaitingPipe(io.RawIOBase):
             return f
         if not (stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode)):
             return f
-        try:
-            return io.BufferedReader(cls(f), CHUNK_BYTES)
-        except OSError:
-            return f
+        return io.BufferedReader(cls(f), CHUNK_BYTES)
 
     def readable(self):
         return True
@@ -165,11 +164,13 @@ class _WaitingPipe(io.RawIOBase):
 
     def readinto(self, b):
         while True:
-            count = self._raw.readinto(b)
-            if count is not None:
-                return count
             readable, _, _ = select.select([self._fd], [], [], WAIT_S)
             if readable:
+                # One read(2), which returns what has arrived. None comes only from a
+                # descriptor that the parent set to non-blocking mode, with no data after all.
+                count = self._raw.readinto(b)
+                if count is not None:
+                    return count
                 continue
             on_wait = self.owner.on_wait if self.owner is not None else None
             if on_wait is not None and on_wait():
@@ -177,11 +178,6 @@ class _WaitingPipe(io.RawIOBase):
 
     def close(self):
         if not self.closed:
-            try:
-                # The descriptor may be shared (standard input): leave it as it came.
-                os.set_blocking(self._fd, True)
-            except OSError:
-                pass
             self._file.close()
         super().close()
 

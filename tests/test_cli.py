@@ -135,6 +135,16 @@ def write_until_decided(proc, data):
     assert ready, "no decision written while the pipe stayed open"
 
 
+def stop_with_writer_open(proc):
+    """Send SIGTERM to `proc` and return its (stdout, stderr) once it has ended.
+
+    The wait comes before communicate(), which would close the standard input of `proc`
+    and so end the run whether the signal worked or not."""
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=30)
+    return proc.communicate(timeout=30)
+
+
 @pytest.mark.parametrize("name, pure_python", [
     ("eth_tls_2flows.pcap", False),
     ("eth_tls_2flows.pcap", True),
@@ -155,12 +165,9 @@ def test_open_pipe_writes_decisions_and_stops(name, pure_python):
         # a buffered readline had taken in would be lost to it.
         first = os.read(proc.stdout.fileno(), 1 << 16)
         assert first.startswith(b'{"ts": '), first
-        proc.send_signal(signal.SIGTERM)
         started = time.monotonic()
-        # wait() before communicate(), which would close the writer and end the run itself
-        proc.wait(timeout=30)
+        out, err = stop_with_writer_open(proc)
         waited = time.monotonic() - started
-        out, err = proc.communicate(timeout=30)
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -183,9 +190,7 @@ def test_compressed_pipe_read_to_end(compress):
     try:
         write_until_decided(proc, data)
         time.sleep(1)  # five waits of 0.2 s with the pipe empty
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=30)  # the writer stays open until the run ends
-        _, err = proc.communicate(timeout=30)
+        _, err = stop_with_writer_open(proc)
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -194,6 +199,31 @@ def test_compressed_pipe_read_to_end(compress):
     assert proc.returncode == 143, err
     assert "Traceback" not in err
     assert summary_fields(err)["records"] == "30", err
+
+
+@pytest.mark.parametrize("with_records", [False, True], ids=["no header", "records"])
+def test_stdin_left_blocking_after_signal(with_records):
+    """Standard input, shared with the parent, is in blocking mode after a run that
+    SIGTERM ended: while it waited for the file header (a start-up signal) or for more
+    records."""
+    data = b"".join(pcap_parts(PCAP)) if with_records else b""
+    read_end, write_end = os.pipe()
+    try:
+        proc = subprocess.Popen([sys.executable, "-m", "edge_etc", "run", "--pcap", "-"],
+                                stdin=read_end, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:
+            os.write(write_end, data)
+            time.sleep(3)  # start-up done, waiting on the pipe
+            _, err = stop_with_writer_open(proc)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        assert proc.returncode == 143, err
+        assert os.get_blocking(read_end)
+    finally:
+        os.close(read_end)
+        os.close(write_end)
 
 
 def open_fifo_writer(path, proc, timeout=60):
