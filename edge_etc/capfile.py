@@ -82,6 +82,8 @@ def _open_checked(path):
     if not isinstance(f, io.BufferedReader):
         f = io.BufferedReader(f)
     f = _WaitingPipe.wrap(f)
+    if isinstance(f.raw, _WaitingPipe):
+        f.raw.read_head(6)
     head = f.peek(6)[:6]
     if not head:
         f.close()
@@ -144,6 +146,7 @@ class _WaitingPipe(io.RawIOBase):
         self._raw = f.raw
         self._fd = f.fileno()
         self.owner = None  # the CaptureFile whose on_wait runs while the pipe is empty
+        self._head = b""  # bytes read by read_head, returned before any others
 
     @classmethod
     def wrap(cls, f):
@@ -162,7 +165,28 @@ class _WaitingPipe(io.RawIOBase):
     def fileno(self):
         return self._fd
 
+    def read_head(self, size):
+        """Wait until the first `size` bytes of the stream have arrived or it has ended.
+
+        The reads that follow return these bytes first. A writer may send fewer bytes than
+        a magic number in its first write, and one read would see only those.
+        """
+        while len(self._head) < size:
+            chunk = bytearray(size - len(self._head))
+            count = self._read_arrived(chunk)
+            if not count:
+                break
+            self._head += chunk[:count]
+
     def readinto(self, b):
+        if self._head:
+            count = min(len(b), len(self._head))
+            b[:count] = self._head[:count]
+            self._head = self._head[count:]
+            return count
+        return self._read_arrived(b)
+
+    def _read_arrived(self, b):
         while True:
             readable, _, _ = select.select([self._fd], [], [], WAIT_S)
             if readable:

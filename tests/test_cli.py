@@ -201,6 +201,29 @@ def test_compressed_pipe_read_to_end(compress):
     assert summary_fields(err)["records"] == "30", err
 
 
+@pytest.mark.parametrize("compress, first_write", [(gzip.compress, 1), (lzma.compress, 3)],
+                         ids=["gzip", "xz"])
+def test_magic_split_across_writes(compress, first_write):
+    """A compressed stream whose first write is shorter than its magic number is
+    recognized once the rest of the magic number arrives."""
+    with open(PCAP, "rb") as f:
+        data = compress(f.read())
+    proc = start_stdin_run()
+    try:
+        proc.stdin.write(data[:first_write])
+        proc.stdin.flush()
+        time.sleep(3)  # start-up done, waiting for the rest of the magic number
+        proc.stdin.write(data[first_write:])
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, err
+    assert b"Traceback" not in err
+    assert len(out.splitlines()) == 2  # both flows of the capture
+
+
 @pytest.mark.parametrize("with_records", [False, True], ids=["no header", "records"])
 def test_stdin_left_blocking_after_signal(with_records):
     """Standard input, shared with the parent, is in blocking mode after a run that
