@@ -68,6 +68,8 @@ def _open_checked(path):
     The file is never rewound, only peeked at, so pipes and standard input ("-") work.
     """
     if path == STDIN:
+        if sys.stdin is None:  # a process started with its standard input closed
+            raise CaptureFileError("stdin: standard input is closed; give --pcap FILE")
         f = sys.stdin.buffer
         path = "stdin"
     else:

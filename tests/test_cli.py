@@ -485,6 +485,17 @@ def test_ignored_sigint_stays_ignored():
     assert proc.returncode == 143
 
 
+def test_closed_stdin_one_line_error():
+    """`--pcap -` in a process started with its standard input closed (`<&-`)."""
+    r = subprocess.run([sys.executable, "-m", "edge_etc", "run", "--pcap", "-"],
+                       stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                       preexec_fn=lambda: os.close(0), timeout=120)
+    assert r.returncode == 2, r.stderr
+    assert "Traceback" not in r.stderr
+    assert r.stderr.strip() == ("edge-etc: error: stdin: standard input is closed; "
+                                "give --pcap FILE")
+
+
 def test_stdin_named_stdin_in_errors():
     r = subprocess.run([sys.executable, "-m", "edge_etc", "run", "--pcap", "-"],
                        input=b"text\n", capture_output=True, timeout=120)
