@@ -238,7 +238,12 @@ class CaptureFile:
         self._f, self.compression = _open_checked(path)
         self._pipe = self._find_pipe()
         try:
-            head = self._read_or_fail(4, "file header")
+            head = self._f.read(4)
+            if len(head) < 4:
+                if self.compression and not head:
+                    raise CaptureFileError(f"{self.path}: empty {self.compression} stream, not a capture")
+                raise CaptureFileError(f"{self.path}: not a pcap or pcapng file ({len(head)} bytes, "
+                                       "shorter than a file header)")
             if head in _PCAP_MAGICS:
                 self.format = "pcap"
                 self._start_pcap(head)
@@ -268,8 +273,6 @@ class CaptureFile:
     def _read_or_fail(self, n, what):
         data = self._f.read(n)
         if len(data) < n:
-            if self.compression and len(data) == 0 and what == "file header":
-                raise CaptureFileError(f"{self.path}: empty {self.compression} stream, not a capture")
             raise CaptureFileError(
                 f"{self.path}: truncated {what}: {len(data)} of {n} bytes")
         return data
