@@ -25,6 +25,7 @@ import select
 import stat
 import struct
 import sys
+import time
 import zlib
 
 from . import fastpath
@@ -35,8 +36,8 @@ log = logging.getLogger(__name__)
 MAX_RECORD_BYTES = 262144  # libpcap's own maximum snapshot length
 MAX_BLOCK_BYTES = 16 * 1024 * 1024
 CHUNK_BYTES = 1024 * 1024
-# How long a pipe may stay empty before `CaptureFile.on_wait` runs, and how often it runs
-# while the pipe stays empty: the poll interval of a live capture.
+# How often `CaptureFile.on_wait` runs while a pipe is read, whether it is empty or not:
+# the poll interval of a live capture.
 WAIT_S = 0.2
 
 _PCAP_MAGICS = {
@@ -131,8 +132,9 @@ class _WaitingPipe(io.RawIOBase):
     """A pipe, FIFO or socket, read only when select() reports data.
 
     A read of such a stream returns the records that have arrived instead of waiting for a
-    whole chunk. While nothing comes, this reader calls its CaptureFile's `on_wait()` every
-    WAIT_S seconds and raises _StopReading when that returns True. It sits under every
+    whole chunk. Every WAIT_S seconds, while data arrives and while nothing comes, this
+    reader calls its CaptureFile's `on_wait()`, and raises _StopReading when that returns
+    True. It sits under every
     reader of the stream (pcap, pcapng, gzip, bzip2, xz), so all of them wait the same way.
 
     The descriptor stays in blocking mode because it may be shared with the parent process
@@ -149,6 +151,7 @@ class _WaitingPipe(io.RawIOBase):
         self._fd = f.fileno()
         self.owner = None  # the CaptureFile whose on_wait runs while the pipe is empty
         self._head = b""  # bytes read by read_head, returned before any others
+        self._next_wait = time.monotonic() + WAIT_S  # when on_wait runs next
 
     @classmethod
     def wrap(cls, f):
@@ -190,6 +193,10 @@ class _WaitingPipe(io.RawIOBase):
 
     def _read_arrived(self, b):
         while True:
+            # Also while data keeps arriving: a writer that sends a record every 50 ms never
+            # leaves the pipe empty for WAIT_S, and its decisions and signals would wait.
+            if time.monotonic() >= self._next_wait:
+                self._call_on_wait()
             readable, _, _ = select.select([self._fd], [], [], WAIT_S)
             if readable:
                 # One read(2), which returns what has arrived. None comes only from a
@@ -198,9 +205,14 @@ class _WaitingPipe(io.RawIOBase):
                 if count is not None:
                     return count
                 continue
-            on_wait = self.owner.on_wait if self.owner is not None else None
-            if on_wait is not None and on_wait():
-                raise _StopReading
+            self._call_on_wait()
+
+    def _call_on_wait(self):
+        """Run the owner's `on_wait`; raise _StopReading when it returns True."""
+        self._next_wait = time.monotonic() + WAIT_S
+        on_wait = self.owner.on_wait if self.owner is not None else None
+        if on_wait is not None and on_wait():
+            raise _StopReading
 
     def close(self):
         if not self.closed:

@@ -11,6 +11,7 @@ import select
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -175,6 +176,58 @@ def test_open_pipe_writes_decisions_and_stops(name, pure_python):
     assert proc.returncode == 143, err
     assert b"Traceback" not in err
     assert waited < 10, f"the run took {waited:.1f} s to stop"
+    assert len((first + out).splitlines()) == 2  # both flows of the capture
+
+
+def test_trickling_pipe_writes_and_stops():
+    """A writer that sends one record every 50 ms never leaves the pipe empty for 0.2 s:
+    the decisions still come out while it writes, and SIGTERM still ends the run."""
+    header, records = pcap_parts(PCAP)
+    assert header[:4] == b"\xd4\xc3\xb2\xa1"  # little-endian record headers
+    chunks = []
+    pos = 0
+    while pos < len(records):
+        size = 16 + int.from_bytes(records[pos + 8:pos + 12], "little")  # header + caplen
+        chunks.append(records[pos:pos + size])
+        pos += size
+    assert pos == len(records)
+    stop = threading.Event()
+
+    def trickle():
+        # The capture's records once, then its last record again and again, until stopped.
+        try:
+            proc.stdin.write(header)
+            for chunk in chunks + [chunks[-1]] * 10000:
+                if stop.is_set():
+                    return
+                proc.stdin.write(chunk)
+                proc.stdin.flush()
+                time.sleep(0.05)
+        except (BrokenPipeError, ValueError):
+            return
+
+    proc = start_stdin_run()
+    writer = threading.Thread(target=trickle, daemon=True)
+    writer.start()
+    try:
+        ready, _, _ = select.select([proc.stdout], [], [], 15)
+        assert ready, "no decision written while records kept arriving"
+        first = os.read(proc.stdout.fileno(), 1 << 16)
+        assert first.startswith(b'{"ts": '), first
+        assert writer.is_alive(), "the writer had stopped: the pipe was empty"
+        started = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+        waited = time.monotonic() - started
+    finally:
+        stop.set()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        writer.join(timeout=10)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 143, err
+    assert waited < 5, f"the run took {waited:.1f} s to stop"
     assert len((first + out).splitlines()) == 2  # both flows of the capture
 
 
