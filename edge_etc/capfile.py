@@ -455,7 +455,7 @@ class CaptureFile:
         if len(body) < 8:
             raise ValueError("interface description block too short")
         linktype, _reserved, snaplen = struct.unpack_from(e + "HHI", body, 0)
-        tick, ts_offset = 1e-6, 0
+        tick, ticks_per_second, ts_offset = 1e-6, 10 ** 6, 0
         pos = 8
         while pos + 4 <= len(body):
             code, olen = struct.unpack_from(e + "HH", body, pos)
@@ -464,11 +464,12 @@ class CaptureFile:
                 break
             if code == 9 and olen >= 1:  # if_tsresol
                 v = value[0]
+                ticks_per_second = 2 ** (v & 0x7F) if v & 0x80 else 10 ** v
                 tick = 2.0 ** -(v & 0x7F) if v & 0x80 else 10.0 ** -v
             elif code == 14 and olen >= 8:  # if_tsoffset, seconds
                 (ts_offset,) = struct.unpack_from(e + "q", value, 0)
             pos += 4 + olen + (-olen % 4)
-        self._interfaces.append((linktype, tick, ts_offset))
+        self._interfaces.append((linktype, tick, ticks_per_second, ts_offset))
         if snaplen and (self.snaplen is None or snaplen < self.snaplen):
             self.snaplen = snaplen
 
@@ -546,9 +547,15 @@ class CaptureFile:
                                  f"{len(self._interfaces)} are described")
             if caplen > len(body) - 20 or caplen > MAX_RECORD_BYTES:
                 raise ValueError(f"captured length {caplen} exceeds its block")
-            linktype, tick, ts_offset = self._interfaces[iface]
+            linktype, tick, ticks_per_second, ts_offset = self._interfaces[iface]
             frame = body[20:20 + caplen]
-            return ((hi << 32 | lo) * tick + ts_offset, linktype, frame, max(wire_len, caplen))
+            # Seconds plus the fraction times the tick, as a pcap record's time stamp is
+            # computed, so the same capture gives the same floats (and model inputs) in both.
+            seconds, fraction = divmod(hi << 32 | lo, ticks_per_second)
+            ts = seconds + fraction * tick
+            if ts_offset:
+                ts += ts_offset
+            return (ts, linktype, frame, max(wire_len, caplen))
         if btype == 3:  # simple packet block: interface 0, no time stamp
             if not self._interfaces:
                 raise ValueError("simple packet block before any interface description")

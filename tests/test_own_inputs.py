@@ -210,6 +210,37 @@ def test_pcapng_tsresol_and_tsoffset(write, tsresol, tsoffset):
     assert_same_flows(Scan(path, ALL), Scan(baseline(write), ALL))
 
 
+def test_pcapng_same_decisions_as_pcap(write):
+    """The same records as pcap and as pcapng (microsecond ticks) give the same JSON lines,
+    to the last digit: both formats turn a time stamp into the same float."""
+    import gzip
+
+    with gzip.open(os.path.join(ROOT, "tests", "data", "cases", "long_flow_20k_packets.pcap.gz")) as f:
+        data = f.read()
+    assert data[:4] == b"\xd4\xc3\xb2\xa1"  # little endian, microseconds
+    linktype = struct.unpack_from("<I", data, 20)[0]
+    blocks = [gen.pcapng_shb(), gen.pcapng_idb(linktype)]
+    pos = 24
+    while pos < len(data):
+        sec, usec, caplen, wire_len = struct.unpack_from("<IIII", data, pos)
+        ticks = sec * 1_000_000 + usec
+        body = struct.pack("<IIIII", 0, ticks >> 32, ticks & 0xFFFFFFFF, caplen, wire_len)
+        frame = data[pos + 16:pos + 16 + caplen]
+        blocks.append(gen._block("<", 6, body + frame + bytes(-caplen % 4)))
+        pos += 16 + caplen
+    pcap = write("same_as_pcapng.pcap", data)
+    pcapng = write("same_as_pcap.pcapng", b"".join(blocks))
+    pcap_times = [ts for ts, _, _, _ in read_records(pcap)]
+    assert len(pcap_times) == 20003
+    assert [ts for ts, _, _, _ in read_records(pcapng)] == pcap_times
+    from_pcap = run_cli("run", "--pcap", pcap, "--max-windows", "5")
+    from_pcapng = run_cli("run", "--pcap", pcapng, "--max-windows", "5")
+    assert from_pcap.returncode == 0, from_pcap.stderr
+    assert from_pcapng.returncode == 0, from_pcapng.stderr
+    assert from_pcap.stdout
+    assert from_pcapng.stdout == from_pcap.stdout
+
+
 def test_pcapng_interfaces_with_own_resolution(write):
     # Two interfaces, one per IP version's flows, with different resolutions and offsets.
     v4 = gen.eth_two_flows(4)
