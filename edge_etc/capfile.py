@@ -125,7 +125,7 @@ class _ArrivedBytes:
 
 
 class _StopReading(Exception):
-    """`on_wait` asked the reader to stop while its pipe was empty."""
+    """`on_wait` asked the reader of a pipe to stop."""
 
 
 class _WaitingPipe(io.RawIOBase):
