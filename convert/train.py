@@ -136,8 +136,8 @@ def fit(data, train_idx, settings, epochs, seed, val_share=0.15, position_limit=
              len(y_tr), len(inner_train), len(y_va), len(inner_val))
     model = build_model(settings.window_packets, settings.vector_bytes, n_classes,
                         context_bytes=settings.context_bytes, members=members)
-    # The members are fitted through a model with one output per member; it shares its
-    # layers (and so its weights) with `model`, whose output is the members' mean.
+    # The members are fitted through a model with one output per member. It shares its
+    # layers, and so its weights, with `model`, whose output is the members' mean.
     trainer = keras.Model(model.inputs, member_outputs(model)) if members > 1 else model
     # The model keeps an exponential moving average of its weights over the last ~100
     # training steps (about one epoch), which Keras swaps in when fit ends. A short
