@@ -36,8 +36,8 @@ log = logging.getLogger(__name__)
 MAX_RECORD_BYTES = 262144  # libpcap's own maximum snapshot length
 MAX_BLOCK_BYTES = 16 * 1024 * 1024
 CHUNK_BYTES = 1024 * 1024
-# How often `CaptureFile.on_wait` runs while a pipe is read, whether it is empty or not:
-# the poll interval of a live capture.
+# How often `CaptureFile.on_wait` runs while a pipe is read, empty or not. It is the poll
+# interval of a live capture too.
 WAIT_S = 0.2
 
 _PCAP_MAGICS = {
@@ -134,8 +134,8 @@ class _WaitingPipe(io.RawIOBase):
     A read of such a stream returns the records that have arrived instead of waiting for a
     whole chunk. Every WAIT_S seconds, while data arrives and while nothing comes, this
     reader calls its CaptureFile's `on_wait()`, and raises _StopReading when that returns
-    True. It sits under every
-    reader of the stream (pcap, pcapng, gzip, bzip2, xz), so all of them wait the same way.
+    True. It sits under every reader of the stream (pcap, pcapng, gzip, bzip2, xz), so all
+    of them wait the same way.
 
     The descriptor stays in blocking mode because it may be shared with the parent process
     (standard input), and a run that a signal ends during start-up exits through os._exit
@@ -149,13 +149,13 @@ class _WaitingPipe(io.RawIOBase):
         self._file = f
         self._raw = f.raw
         self._fd = f.fileno()
-        self.owner = None  # the CaptureFile whose on_wait runs while the pipe is empty
+        self.owner = None  # the CaptureFile whose on_wait this reader runs
         self._head = b""  # bytes read by read_head, returned before any others
         self._next_wait = time.monotonic() + WAIT_S  # when on_wait runs next
 
     @classmethod
     def wrap(cls, f):
-        """Return `f`, or a buffered `_WaitingPipe` over its raw stream if it is a pipe."""
+        """Return `f`, or a buffered `_WaitingPipe` over `f` if `f` is a pipe or socket."""
         try:
             mode = os.fstat(f.fileno()).st_mode
         except (OSError, ValueError, io.UnsupportedOperation):
@@ -227,9 +227,9 @@ class CaptureFile:
     inside a record or a record is implausible, iteration stops, `stopped` contains a message
     naming the file, the record number and the byte offset, and a warning is logged.
 
-    A stream from a pipe or FIFO, compressed or not, is read as its records arrive: while
-    the pipe is empty, `on_wait()`, when set, runs every WAIT_S seconds, and reading stops
-    when it returns True.
+    A stream from a pipe or FIFO, compressed or not, is read as its records arrive.
+    `on_wait()`, when set, runs every WAIT_S seconds while the pipe is read, and reading
+    stops when it returns True.
 
     Args:
         path: the capture file.

@@ -261,7 +261,8 @@ def _classify(pcap_file, capture, handle, keep, settings, strict, model, classif
     control = Control(pipeline.log_summary, outputs.reopen)
 
     def on_wait():
-        # A pipe with no data for a moment: write out what is decided, as a live run does.
+        # Runs every 0.2 s while a pipe is read. It writes out what is decided, as a live
+        # run does.
         pipeline.infer()
         outputs.flush()
         control.tick()
@@ -321,25 +322,21 @@ def show_config(defaults, config_file):
     try:
         run_ctx = run.make_context("run", [], parent=click.get_current_context().parent)
     except click.ClickException as e:
-        # Reported as this command's error: the usage lines of `run` would mislead.
+        # Report it as this command's error, because `run`'s usage lines would mislead.
         fail(e.format_message(), ExitCode.BAD_INPUT)
-    given = config.options_given(run_ctx) - {"config_file", "pcap_file", "strict", "verbose", "quiet"}
-    options = {name: run_ctx.params[name] for name in given}
+    # With no arguments, every option `run` reports as given was set by a variable.
+    from_variables = (config.options_given(run_ctx)
+                      - {"config_file", "pcap_file", "strict", "verbose", "quiet"})
+    options = {name: run_ctx.params[name] for name in from_variables}
     try:
-        settings = config.from_options(config_file, options, given)
+        settings = config.from_options(config_file, options, from_variables)
     except EdgeEtcError as e:
         fail(str(e), e.exit_code)
-    variables = sorted(_variable_of(run_ctx, name) for name in given)
+    params = {param.name: param for param in run_ctx.command.params}
+    variables = sorted(config.variable_set(params[name]) or name for name in from_variables)
     if variables:
         click.echo(f"# {config_file}, then the variables {', '.join(variables)}")
     click.echo(config.render(settings), nl=False)
-
-
-def _variable_of(ctx, name):
-    """Return the environment variable that set `run`'s parameter `name`."""
-    param = next(p for p in ctx.command.params if p.name == name)
-    names = [param.envvar] if isinstance(param.envvar, str) else list(param.envvar or [])
-    return next((n for n in names if os.environ.get(n)), names[0] if names else name)
 
 
 def _training_module(name):
@@ -420,7 +417,7 @@ _weighting_option = click.option(
 
 _members_option = click.option(
     "--members", type=click.IntRange(1, 16), default=None,
-    help="CNN-LSTMs averaged in one model, trained together; each adds the whole "
+    help="CNN-LSTMs averaged in one model and trained together. Each adds the whole "
          "network's inference time [default: 1].")
 
 

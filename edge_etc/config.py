@@ -15,6 +15,7 @@ imports it.
 """
 
 import dataclasses
+import functools
 import math
 import re
 import sys
@@ -462,16 +463,18 @@ def env_vars(option, param):
     return names
 
 
-_ENV_OPTION = []
+def variable_set(param):
+    """Return the environment variable that sets the click parameter `param`, or None."""
+    import os
+
+    names = [param.envvar] if isinstance(param.envvar, str) else list(param.envvar or [])
+    return next((name for name in names if os.environ.get(name)), None)
 
 
+@functools.lru_cache(maxsize=None)
 def _env_option_class():
     """Return a `click.Option` whose invalid value, when it came from an environment
     variable, is reported under the variable's name (click names only the option)."""
-    if _ENV_OPTION:
-        return _ENV_OPTION[0]
-    import os
-
     import click
     from click.core import ParameterSource
 
@@ -481,13 +484,11 @@ def _env_option_class():
                 return super().process_value(ctx, value)
             except click.BadParameter as e:
                 if ctx.get_parameter_source(self.name) is ParameterSource.ENVIRONMENT:
-                    names = [self.envvar] if isinstance(self.envvar, str) else self.envvar or []
-                    name = next((n for n in names if os.environ.get(n)), None)
+                    name = variable_set(self)
                     if name:
                         e.param_hint = f"{name} (environment variable of {self.opts[-1]})"
                 raise
 
-    _ENV_OPTION.append(EnvOption)
     return EnvOption
 
 

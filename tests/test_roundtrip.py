@@ -51,10 +51,10 @@ def test_members_average_their_outputs():
     outputs = member_outputs(model)
     assert len(outputs) == 3
     x = np.random.default_rng(0).random((16, 3, 120), dtype=np.float32)
-    each = keras.Model(model.inputs, outputs).predict(x, verbose=0)
+    per_member = keras.Model(model.inputs, outputs).predict(x, verbose=0)
     mean = model.predict(x, verbose=0)
-    assert not np.allclose(each[0], each[1])  # the members start from their own weights
-    np.testing.assert_allclose(mean, np.mean(each, axis=0), rtol=1e-5, atol=1e-6)
+    assert not np.allclose(per_member[0], per_member[1])  # the members start from their own weights
+    np.testing.assert_allclose(mean, np.mean(per_member, axis=0), rtol=1e-5, atol=1e-6)
     single = build_model(3, 120, 4, filters=(8, 8), feature_units=8, lstm_units=8)
     assert len(member_outputs(single)) == 1
 
