@@ -17,6 +17,8 @@ The LSTM is built with `unroll=True`: the window has three steps, so unrolling c
 nothing, and only the unrolled form converts to full-integer int8 TFLite.
 """
 
+from . import load_keras
+
 
 def build_model(window_packets, vector_bytes, n_classes, filters=(32, 32), feature_units=64,
                 lstm_units=64, dropout=0.2, context_bytes=0, context_units=32, pool=2, patch=8,
@@ -37,8 +39,8 @@ def build_model(window_packets, vector_bytes, n_classes, filters=(32, 32), featu
     probabilities. `member_outputs` returns the members' own outputs, which training fits
     one loss each, so every member learns on its own from its own initial weights.
     """
-    import keras
-    from keras import layers
+    keras = load_keras()
+    layers = keras.layers
 
     inp = keras.Input((window_packets, vector_bytes), name="window")
     header_bytes = vector_bytes - context_bytes

@@ -34,7 +34,7 @@ import numpy as np
 from edge_etc.errors import ConfigError, EdgeEtcError, ModelError
 from edge_etc.preprocess import Preprocessing
 
-from . import dataset
+from . import dataset, load_keras
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +60,7 @@ def load_keras_model(path):
     """Load a Keras .h5/.keras model without compiling it."""
     if not os.path.isfile(path):
         raise ModelError(f"{path}: model file not found")
-    import keras
+    keras = load_keras()
     try:
         return keras.models.load_model(path, compile=False)
     except Exception as e:
@@ -86,7 +86,7 @@ def check_layers(model, path):
 
 def unrolled_copy(model):
     """Return a copy of `model` with every LSTM unrolled and without recurrent dropout."""
-    import keras
+    keras = load_keras()
 
     changed = []
 

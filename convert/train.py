@@ -21,7 +21,7 @@ from edge_etc.config import DEFAULTS
 from edge_etc.errors import ConfigError
 from edge_etc.preprocess import Preprocessing
 
-from . import dataset
+from . import dataset, load_keras
 from .metrics import flow_decisions, format_report, per_class_report
 
 log = logging.getLogger(__name__)
@@ -91,7 +91,7 @@ def _decision_text(max_windows):
 
 
 def set_seed(seed):
-    import keras
+    keras = load_keras()
     keras.utils.set_random_seed(seed)
 
 
@@ -111,7 +111,7 @@ def fit(data, train_idx, settings, epochs, seed, val_share=0.15, position_limit=
             epoch. Off by default: the validation captures are few, and stopping on them
             scored lower in grouped cross-validation than a fixed number of epochs.
     """
-    import keras
+    keras = load_keras()
 
     from .model import build_model, member_outputs
 
@@ -169,7 +169,7 @@ def fit(data, train_idx, settings, epochs, seed, val_share=0.15, position_limit=
 
 def _epoch_logger(epochs):
     """Return a Keras callback that logs the metrics of each epoch at INFO."""
-    import keras
+    keras = load_keras()
 
     class EpochLogger(keras.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):

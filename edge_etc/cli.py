@@ -343,10 +343,7 @@ def _training_module(name):
     """Import a training-side module, or exit with the install command for the extra."""
     import importlib
     import importlib.util
-    # TensorFlow's C++ start-up notes (oneDNN, CPU features) are noise on a command line;
-    # warnings and errors still show. -vv (DEBUG) keeps them all.
-    if logging.getLogger().level > logging.DEBUG:
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    # The training modules load TensorFlow with its start-up notes dropped, unless -vv.
     for needed in ("tensorflow", "keras", "sklearn"):
         if importlib.util.find_spec(needed) is None:
             fail(f"this command needs the training extra ({needed} is not installed); "

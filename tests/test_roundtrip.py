@@ -18,6 +18,8 @@ def test_train_convert_run(corpus, tmp_path):
     r = run_cli("train", "-o", str(out), "--epochs", "2", "--limit-captures", "30", "-q", env=env, timeout=900)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "macro-F1" in r.stdout
+    # TensorFlow's native libraries print these while loading, past TF_CPP_MIN_LOG_LEVEL.
+    assert "absl::InitializeLog" not in r.stderr and "oneDNN" not in r.stderr, r.stderr
     meta = json.loads((out / "model.json").read_text())
     assert not set(meta["split"]["train"]) & set(meta["split"]["test"])
     assert meta["members"] == 1
@@ -25,6 +27,7 @@ def test_train_convert_run(corpus, tmp_path):
     r = run_cli("convert", str(out / "model.h5"), "--force", "-q", env=env, timeout=900)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "argmax agreement" in r.stdout
+    assert "absl::InitializeLog" not in r.stderr, r.stderr
     parity = json.loads((out / "model.tflite.parity.json").read_text())
     assert parity["windows"] > 0
     assert "FULLY_CONNECTED" in parity["operators"]
