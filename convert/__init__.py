@@ -39,3 +39,7 @@ def import_tensorflow_quietly():
             other_lines = [line for line in captured.read().decode(errors="replace").splitlines(True)
                     if not _LOAD_NOISE.match(line)]
             sys.stderr.write("".join(other_lines))
+    # Every fold and repeat builds a new model, so its first predict() traces a new function.
+    # TensorFlow warns about that retracing after a few models, which is expected here.
+    logging.getLogger("tensorflow").addFilter(
+        lambda record: "triggered tf.function retracing" not in record.getMessage())

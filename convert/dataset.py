@@ -55,6 +55,7 @@ def default_corpus():
 class Capture:
     path: str  # relative to the corpus folder
     label: str
+    application: str = ""  # MANIFEST.tsv's application name, where it gives one
 
 
 def read_manifest(corpus):
@@ -66,7 +67,8 @@ def read_manifest(corpus):
     if not os.path.isfile(manifest):
         raise ConfigError(f"{corpus}: not a corpus folder (MANIFEST.tsv not found); {hint}")
     with open(manifest, newline="") as f:
-        return [Capture(row["file"], row["class"]) for row in csv.DictReader(f, delimiter="\t")]
+        return [Capture(row["file"], row["class"], row.get("application") or "")
+                for row in csv.DictReader(f, delimiter="\t")]
 
 
 def _endpoint(addr, port):

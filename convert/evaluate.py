@@ -20,6 +20,7 @@ how often they get a confident label. The confidence threshold under which the r
 "unknown" is chosen on each fold's inner validation captures.
 """
 
+import collections
 import json
 import logging
 import os
@@ -133,6 +134,9 @@ class Evaluation:
         test = [i for i in range(len(self.captures)) if self.fold[i] == f]
         return train, test
 
+    def seen_application(self, flow_ids, train_idx):
+        return application_seen(self.captures, self.data.flow_capture[flow_ids], train_idx)
+
     def run_model(self):
         """Train, quantize and score the CNN-LSTM on each fold, `repeats` times.
 
@@ -145,12 +149,16 @@ class Evaluation:
         out = {"float": [], "int8": [], "thresholds": [], "background": [],
                "float_windows": [], "int8_windows": [], "repeat": [],
                "repeat_float": [], "repeat_int8": []}
-        pooled = {"true": [], "float": [], "int8": []}
+        pooled = {"true": [], "float": [], "int8": [], "seen": []}
         for r in range(self.repeats):
             self._run_repeat(r, out, pooled)
-        out["overall_float"] = per_class_report(np.concatenate(pooled["true"]), np.concatenate(pooled["float"]), data.classes)
+        true = np.concatenate(pooled["true"])
+        out["overall_float"] = per_class_report(true, np.concatenate(pooled["float"]), data.classes)
         if self.int8:
-            out["overall_int8"] = per_class_report(np.concatenate(pooled["true"]), np.concatenate(pooled["int8"]), data.classes)
+            out["overall_int8"] = per_class_report(true, np.concatenate(pooled["int8"]), data.classes)
+        preds = {kind: np.concatenate(pooled[kind]) for kind in ("float", "int8") if pooled[kind]}
+        out["by_application"] = split_by_application(true, preds, np.concatenate(pooled["seen"]),
+                                                     data.classes)
         return out
 
     def _run_repeat(self, r, out, pooled):
@@ -198,6 +206,7 @@ class Evaluation:
             })
             all_true.append(labels[known])
             all_float.append(pred[known])
+            pooled["seen"].append(self.seen_application(ids[known], train_idx))
 
             if self.int8:
                 rng = np.random.default_rng(seed)
@@ -223,12 +232,13 @@ class Evaluation:
 
     def run_port_baseline(self):
         data = self.data
-        reports, all_true, all_pred = [], [], []
+        reports, all_true, all_pred, all_seen = [], [], [], []
         ports = self._flow_ports()
         for f in range(self.k):
             train_idx, test_idx = self.split(f)
             train_flows = np.isin(data.flow_capture, train_idx) & (data.flow_label >= 0)
             test_flows = np.isin(data.flow_capture, test_idx) & (data.flow_label >= 0)
+            all_seen.append(self.seen_application(np.flatnonzero(test_flows), train_idx))
             table = {}
             for port, label in zip(ports[train_flows], data.flow_label[train_flows]):
                 table.setdefault(int(port), []).append(int(label))
@@ -239,8 +249,10 @@ class Evaluation:
             reports.append(per_class_report(true, pred, data.classes))
             all_true.append(true)
             all_pred.append(pred)
-        return {"folds": reports,
-                "overall": per_class_report(np.concatenate(all_true), np.concatenate(all_pred), data.classes)}
+        true, pred = np.concatenate(all_true), np.concatenate(all_pred)
+        return {"folds": reports, "overall": per_class_report(true, pred, data.classes),
+                "by_application": split_by_application(true, {"port": pred}, np.concatenate(all_seen),
+                                                       data.classes)}
 
     def _flow_ports(self):
         ports = np.zeros(len(self.data.flow_label), dtype=np.int64)
@@ -272,6 +284,22 @@ class Evaluation:
             all_pred.append(pred[known])
         return {"folds": reports,
                 "overall": per_class_report(np.concatenate(all_true), np.concatenate(all_pred), data.classes)}
+
+
+def application_seen(captures, capture_of_flow, train_idx):
+    """Return, per flow, whether a training capture shows the application of the flow's
+    capture (MANIFEST.tsv's names, compared without case)."""
+    seen = {captures[i].application.lower() for i in train_idx}
+    return np.array([captures[c].application.lower() in seen for c in capture_of_flow], dtype=bool)
+
+
+def split_by_application(true, predictions, seen, classes):
+    """Return {"seen": {name: report}, "unseen": {name: report}}: the reports of each
+    prediction array in `predictions` over the flows whose application a training capture
+    shows (`seen`) and over the others."""
+    return {group: {name: per_class_report(true[mask], pred[mask], classes)
+                    for name, pred in predictions.items()}
+            for group, mask in (("seen", seen), ("unseen", ~seen))}
 
 
 def _weighting_text(weighting, class_power):
@@ -308,6 +336,24 @@ def _summary_row(name, result, key="overall"):
     return {"name": name, "macro_f1": round(float(np.mean(per_repeat)), 4) if per_repeat else None,
             "repeat_macro_f1": per_repeat, "fold_macro_f1": f1s,
             "mean_fold_macro_f1": round(float(np.mean(f1s)), 4) if f1s else None}
+
+
+def application_text(results):
+    """Return the lines of the table of scores on flows of seen and unseen applications."""
+    columns = [("CNN-LSTM float", results["cnn_lstm"]["by_application"], "float"),
+               ("CNN-LSTM int8", results["cnn_lstm"]["by_application"], "int8"),
+               ("server port", results.get("port", {}).get("by_application"), "port")]
+    columns = [c for c in columns if c[1] and c[2] in c[1]["seen"]]
+    lines = ["Flows whose application (MANIFEST.tsv) a training capture shows, and the others;",
+             "macro-F1 / accuracy (the networks' flows are counted once per repeat):",
+             f"{'application':<13}" + "".join(f"{name:>24}" for name, _, _ in columns)]
+    for group in ("seen", "unseen"):
+        cells = []
+        for _, split, key in columns:
+            report = split[group][key]
+            cells.append(f"{report['macro_f1']:.3f} / {report['accuracy']:.3f} ({report['support']})")
+        lines.append(f"{group:<13}" + "".join(f"{cell:>24}" for cell in cells))
+    return lines
 
 
 def save_confusion_png(report, classes, path, title):
@@ -391,6 +437,9 @@ def evaluate_command(corpus, output, preset, seed, vector_bytes, window_rule, no
                "epochs": cfg["epochs"], "seed": seed, "max_windows": max_windows,
                "first_only": first_only, "captures": len(captures), "repeats": repeats,
                "members": members, "weighting": _weighting_text(ev.weighting, class_power)}
+    per_application = collections.Counter(c.application.lower() for c in captures)
+    results["applications"] = {"names": len(per_application),
+                                "in_one_capture": sum(n == 1 for n in per_application.values())}
     results["cnn_lstm"] = ev.run_model()
     rows = [_summary_row("CNN-LSTM float", results["cnn_lstm"], "overall_float")]
     if int8:
@@ -441,6 +490,7 @@ def evaluate_command(corpus, output, preset, seed, vector_bytes, window_rule, no
     text += ["", f"background/unknown flows: {total}; given a confident label: {wrong} "
              f"({wrong / total:.1%})" if total else "background/unknown flows: none",
              "thresholds per fold: " + ", ".join(f"{b['threshold']:.2f}" for b in bg)]
+    text += ["", *application_text(results)]
     with open(os.path.join(output, "evaluation.txt"), "w") as f:
         f.write("\n".join(text) + "\n")
     save_confusion_png(results["cnn_lstm"]["overall_float"], classes,

@@ -18,8 +18,9 @@ def test_train_convert_run(corpus, tmp_path):
     r = run_cli("train", "-o", str(out), "--epochs", "2", "--limit-captures", "30", "-q", env=env, timeout=900)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "macro-F1" in r.stdout
-    # TensorFlow's native libraries print these while loading, past TF_CPP_MIN_LOG_LEVEL.
-    assert "absl::InitializeLog" not in r.stderr and "oneDNN" not in r.stderr, r.stderr
+    # TensorFlow prints these notes while it loads, whatever TF_CPP_MIN_LOG_LEVEL says.
+    assert "absl::InitializeLog" not in r.stderr, r.stderr
+    assert "oneDNN" not in r.stderr, r.stderr
     meta = json.loads((out / "model.json").read_text())
     assert not set(meta["split"]["train"]) & set(meta["split"]["test"])
     assert meta["members"] == 1
@@ -120,6 +121,32 @@ def test_evaluate_ci_preset(corpus, tmp_path):
         assert expected in names
     assert (out / "confusion_float.png").stat().st_size > 0
     assert "flow macro-F1" in (out / "evaluation.txt").read_text()
+    assert "retracing" not in r.stderr
+
+    # Every scored flow is in exactly one of the two application groups.
+    for split, overall, key in ((result["cnn_lstm"]["by_application"], result["cnn_lstm"]["overall_float"], "float"),
+                                (result["cnn_lstm"]["by_application"], result["cnn_lstm"]["overall_int8"], "int8"),
+                                (result["port"]["by_application"], result["port"]["overall"], "port")):
+        assert split["seen"][key]["support"] + split["unseen"][key]["support"] == overall["support"]
+        confusion = [[a + b for a, b in zip(x, y)]
+                     for x, y in zip(split["seen"][key]["confusion"], split["unseen"][key]["confusion"])]
+        assert confusion == overall["confusion"]
+
+
+def test_application_seen_by_name(corpus):
+    """A flow counts as seen when another capture of its application is in training."""
+    from edge_etc.convert import dataset
+    from edge_etc.convert.evaluate import application_seen
+
+    captures = dataset.read_manifest(corpus)
+    by_name = {}
+    for i, c in enumerate(captures):
+        by_name.setdefault(c.application.lower(), []).append(i)
+    shared = next(v for v in by_name.values() if len(v) >= 2)
+    single = next(v[0] for v in by_name.values() if len(v) == 1)
+    seen = application_seen(captures, [shared[1], single], train_idx=[shared[0]])
+    assert seen.tolist() == [True, False]
+    assert application_seen(captures, [shared[1]], train_idx=[single]).tolist() == [False]
 
 
 def test_members_train_convert_run(corpus, tmp_path):
