@@ -2,6 +2,7 @@
 same reader, decoder, flow table and vectorizer the runner uses."""
 
 import collections
+import contextlib
 import os
 import signal
 import subprocess
@@ -19,6 +20,22 @@ from edge_etc.runner import format_ip
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CASES = os.path.join(ROOT, "tests", "data", "cases")
 CORPUS = os.environ.get("EDGE_ETC_CORPUS") or os.path.normpath(os.path.join(ROOT, "..", "shared", "corpus"))
+
+
+def end_process(proc):
+    """Kill `proc` if it is still running, and wait for it."""
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+
+
+@contextlib.contextmanager
+def reaped(proc):
+    """Run the block, then end `proc` if the block left it running (a failed assert)."""
+    try:
+        yield proc
+    finally:
+        end_process(proc)
 
 
 def case(name):

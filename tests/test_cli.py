@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from conftest import case, corpus, default_sigint, run_cli  # noqa: F401 (corpus is a fixture)
+from conftest import case, corpus, default_sigint, end_process, reaped, run_cli  # noqa: F401 (corpus is a fixture)
 
 PCAP = case("eth_tls_2flows.pcap")
 PCAP_HEADER_BYTES = 24
@@ -61,9 +61,7 @@ def test_file_run_stopped_by_signal_exit_code(tmp_path, signum, code):
         proc.wait(timeout=120)
 
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        end_process(proc)
         try:
             proc.stdin.close()
         except BrokenPipeError:
@@ -82,15 +80,11 @@ def test_signal_before_input_opens_exit_code(signum, code):
     proc = subprocess.Popen([sys.executable, "-m", "edge_etc", "run", "--pcap", "-",
                              "-o", os.devnull], stdin=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, preexec_fn=default_sigint)
-    try:
+    with reaped(proc):
         time.sleep(2)  # start-up takes about 0.2 s; the run then blocks reading stdin
         assert proc.poll() is None
         proc.send_signal(signum)
         stderr = proc.communicate(timeout=60)[1]
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
     assert proc.returncode == code, stderr
     assert stderr.strip() == f"edge-etc: stopped by {signal.Signals(signum).name}"
 
@@ -102,7 +96,7 @@ def test_summary_and_reopen_requests_during_start_up(tmp_path):
     out = tmp_path / "flows.jsonl"
     proc = subprocess.Popen([sys.executable, "-m", "edge_etc", "run", "--pcap", "-",
                              "-o", str(out)], stdin=subprocess.PIPE, stderr=subprocess.PIPE)
-    try:
+    with reaped(proc):
         time.sleep(2)  # start-up takes about 0.2 s; the run then blocks reading stdin
         assert proc.poll() is None
         proc.send_signal(signal.SIGUSR1)
@@ -110,10 +104,6 @@ def test_summary_and_reopen_requests_during_start_up(tmp_path):
         time.sleep(0.5)
         assert proc.poll() is None, "a request during start-up ended the run"
         stderr = proc.communicate(header + records, timeout=120)[1].decode()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
     assert proc.returncode == 0, stderr
     assert stderr.count("summary:") == 2, stderr
     assert f"reopened output file {out}" in stderr
@@ -160,7 +150,7 @@ def test_open_pipe_writes_decisions_and_stops(name, pure_python):
         data = f.read()
     env = dict(os.environ, EDGE_ETC_PURE_PYTHON="1" if pure_python else "0")
     proc = start_stdin_run(env=env)
-    try:
+    with reaped(proc):
         write_until_decided(proc, data)
         # os.read, not readline: communicate() reads the descriptor itself, so lines that
         # a buffered readline had taken in would be lost to it.
@@ -169,10 +159,6 @@ def test_open_pipe_writes_decisions_and_stops(name, pure_python):
         started = time.monotonic()
         out, err = stop_with_writer_open(proc)
         waited = time.monotonic() - started
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
     assert proc.returncode == 143, err
     assert b"Traceback" not in err
     assert waited < 10, f"the run took {waited:.1f} s to stop"
@@ -221,9 +207,7 @@ def test_trickling_pipe_writes_and_stops():
         waited = time.monotonic() - started
     finally:
         stop.set()
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        end_process(proc)
         writer.join(timeout=10)
     out, err = proc.communicate(timeout=30)
     assert proc.returncode == 143, err
@@ -240,14 +224,10 @@ def test_compressed_pipe_read_to_end(compress):
         data = compress(f.read())
     assert len(data) % 8192, "the stream must end inside an 8 KiB read"
     proc = start_stdin_run()
-    try:
+    with reaped(proc):
         write_until_decided(proc, data)
         time.sleep(1)  # five waits of 0.2 s with the pipe empty
         _, err = stop_with_writer_open(proc)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
     err = err.decode()
     assert proc.returncode == 143, err
     assert "Traceback" not in err
@@ -262,16 +242,12 @@ def test_magic_split_across_writes(compress, first_write):
     with open(PCAP, "rb") as f:
         data = compress(f.read())
     proc = start_stdin_run()
-    try:
+    with reaped(proc):
         proc.stdin.write(data[:first_write])
         proc.stdin.flush()
         time.sleep(3)  # start-up done, waiting for the rest of the magic number
         proc.stdin.write(data[first_write:])
         out, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
     assert proc.returncode == 0, err
     assert b"Traceback" not in err
     assert len(out.splitlines()) == 2  # both flows of the capture
@@ -287,14 +263,10 @@ def test_stdin_left_blocking_after_signal(with_records):
     try:
         proc = subprocess.Popen([sys.executable, "-m", "edge_etc", "run", "--pcap", "-"],
                                 stdin=read_end, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        try:
+        with reaped(proc):
             os.write(write_end, data)
             time.sleep(3)  # start-up done, waiting on the pipe
             _, err = stop_with_writer_open(proc)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
         assert proc.returncode == 143, err
         assert os.get_blocking(read_end)
     finally:
@@ -333,14 +305,10 @@ def test_fifo_path_same_as_file(tmp_path, name):
     os.mkfifo(fifo)
     proc = subprocess.Popen([sys.executable, "-m", "edge_etc", "run", "--pcap", str(fifo)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
+    with reaped(proc):
         with open(case(name), "rb") as f, open_fifo_writer(fifo, proc) as writer:
             writer.write(f.read())
         out, err = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
     assert proc.returncode == 0, err
     assert "Traceback" not in err
     assert out == expected.stdout
@@ -519,7 +487,7 @@ def test_ignored_sigint_stays_ignored():
     proc = subprocess.Popen([sys.executable, "-m", "edge_etc", "run", "--pcap", "-"],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
-    try:
+    with reaped(proc):
         time.sleep(2)  # blocked on the file header: start-up handlers
         proc.send_signal(signal.SIGINT)
         proc.stdin.write(header + records)
@@ -531,10 +499,6 @@ def test_ignored_sigint_stays_ignored():
         assert proc.poll() is None
         proc.send_signal(signal.SIGTERM)
         proc.communicate(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
     assert proc.returncode == 143
 
 
