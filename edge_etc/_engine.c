@@ -349,7 +349,7 @@ static void end_flow(EngineObject *e, uint32_t i)
 
 static void expire(EngineObject *e, double now)
 {
-    double limit = now - e->idle_timeout_s;
+    double limit = fp_double(now - e->idle_timeout_s);
     while (e->oldest != NONE && flow_at(e, e->oldest)->last_seen <= limit) {
         e->expirations++;
         end_flow(e, e->oldest);
@@ -564,18 +564,19 @@ static int engine_add(EngineObject *e, const table_packet *p)
     if (!e->have_now) {
         e->have_now = 1;
         e->now = ts;
-        e->next_expiry = ts + e->expiry_interval_s;
+        e->next_expiry = fp_double(ts + e->expiry_interval_s);
     }
     else if (ts > e->now) {
-        if (ts - e->now > JUMP_LOG_FACTOR * e->idle_timeout_s)
-            report_jump(e, ts - e->now);
+        double jump = fp_double(ts - e->now);
+        if (jump > fp_double(JUMP_LOG_FACTOR * e->idle_timeout_s))
+            report_jump(e, jump);
         e->now = ts;
         if (e->now >= e->next_expiry) {
             expire(e, e->now);
-            e->next_expiry = e->now + e->expiry_interval_s;
+            e->next_expiry = fp_double(e->now + e->expiry_interval_s);
         }
     }
-    else if (ts < e->now - 1.0) {
+    else if (ts < fp_double(e->now - 1.0)) {
         e->time_jumps_back++;
     }
 
@@ -600,7 +601,7 @@ static int engine_add(EngineObject *e, const table_packet *p)
     flow_t *f = flow_at(e, i);
     f->packets++;
     f->last_seen = e->now;
-    double gap_s = ts - f->last_ts;
+    double gap_s = fp_double(ts - f->last_ts);
     f->last_ts = ts;
     if (flags & (TCP_FIN | TCP_RST))
         f->flags |= CLOSING;
@@ -803,8 +804,8 @@ static PyObject *engine_feed(EngineObject *e, PyObject *args)
             status = FEED_NEED_DATA;
             break;
         }
-        /* Same arithmetic as the Python reader's `sec + frac * tick`. */
-        double ts = (double)sec + (double)frac * tick;
+        /* Same arithmetic as the Python reader's `sec + frac * tick`, rounded where it rounds. */
+        double ts = fp_double((double)sec + fp_double((double)frac * tick));
         long long wire_len = wire > caplen ? wire : caplen;
         const unsigned char *frame = h + 16;
         pos += 16 + caplen;
@@ -854,7 +855,7 @@ static PyObject *engine_advance(EngineObject *e, PyObject *arg)
     if (!e->have_now || now <= e->now)
         Py_RETURN_NONE;
     e->now = now;
-    e->next_expiry = now + e->expiry_interval_s;
+    e->next_expiry = fp_double(now + e->expiry_interval_s);
     expire(e, now);
     Py_RETURN_NONE;
 }
@@ -1169,11 +1170,11 @@ static PyObject *engine_decide(EngineObject *e, PyObject *args)
             previous = d->code;
             sums = d->sums;
             for (Py_ssize_t c = 0; c < classes; c++)
-                sums[c] = results == 1 ? (double)row[c] : sums[c] + (double)row[c];
+                sums[c] = results == 1 ? (double)row[c] : fp_double(sums[c] + (double)row[c]);
         }
         int best = 0;
         for (Py_ssize_t c = 0; c < classes; c++) {
-            mean[c] = sums[c] / results;
+            mean[c] = fp_double(sums[c] / results);
             if (mean[c] > mean[best])  /* the first of equal maxima, as np.argmax */
                 best = (int)c;
         }

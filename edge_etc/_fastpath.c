@@ -466,8 +466,8 @@ static PyObject *slicer_next(SlicerObject *self)
     uint32_t wire_len = read_u32(h + 12, self->little);
     if (caplen > self->max_record || (Py_ssize_t)caplen > len - pos - 16)
         return NULL;
-    /* Same arithmetic as the Python reader's `sec + frac * tick`. */
-    double ts = (double)sec + (double)frac * self->tick;
+    /* Same arithmetic as the Python reader's `sec + frac * tick`, rounded where it rounds. */
+    double ts = fp_double((double)sec + fp_double((double)frac * self->tick));
     PyObject *ts_obj = PyFloat_FromDouble(ts);
     PyObject *frame = PyBytes_FromStringAndSize((const char *)h + 16, caplen);
     PyObject *wire = PyLong_FromUnsignedLong(wire_len > caplen ? wire_len : caplen);
@@ -728,8 +728,11 @@ int fp_vectorize_into(unsigned char *v, const fp_settings *s, const fp_packet_vi
         unsigned char *c = v + size;
         long gap = 0;
         if (gap_s > 0 || isnan(gap_s)) {
-            /* rint rounds half to even, as Python's round() does. */
-            double g = rint(20.0 * log10(1.0 + gap_s * 1e6));
+            /* rint rounds half to even, as Python's round() does. Each step is rounded to
+             * double where Python rounds it, log10's result too, because on 32-bit x86 the C
+             * library may return it with the x87's precision. */
+            double microseconds = fp_double(gap_s * 1e6);
+            double g = rint(fp_double(20.0 * fp_double(log10(fp_double(1.0 + microseconds)))));
             if (!isfinite(g)) {
                 /* A NaN gap, or one so large that gap_s * 1e6 overflows: Python's round()
                  * raises these two errors. */
@@ -742,7 +745,7 @@ int fp_vectorize_into(unsigned char *v, const fp_settings *s, const fp_packet_vi
             gap = g > 255 ? 255 : (long)g;
         }
         long long length = p->payload_len < 65535 ? p->payload_len : 65535;
-        double size_byte = rint(16.0 * log2(1.0 + (double)length));
+        double size_byte = rint(16.0 * fp_double(log2(1.0 + (double)length)));
         long port = 0;
         if (s->server_port)
             port = server_is_dst ? p->dport : p->sport;

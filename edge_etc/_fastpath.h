@@ -7,6 +7,7 @@
 
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <float.h>
 #include <stdint.h>
 
 #if PY_VERSION_HEX < 0x030A0000  /* Python 3.9 lacks these two helpers */
@@ -26,6 +27,24 @@ static inline int PyModule_AddObjectRef(PyObject *module, const char *name, PyOb
     return 0;
 }
 #endif
+
+/* Round `x` to double precision, as storing it in a Python float does.
+ *
+ * Where FLT_EVAL_METHOD is not 0, a double expression may keep a wider precision until it
+ * is stored. GCC on 32-bit x86 without SSE2 evaluates it with the x87's 64-bit significand
+ * (FLT_EVAL_METHOD 2). There `sec + frac * tick` would be rounded once, but Python rounds
+ * the product and then the sum. So each double result that Python would store goes through
+ * this function, which stores it through a volatile variable. Where FLT_EVAL_METHOD is 0
+ * (x86-64, ARM) the function returns `x` and compiles to nothing. */
+static inline double fp_double(double x)
+{
+#if defined(FLT_EVAL_METHOD) && FLT_EVAL_METHOD == 0
+    return x;
+#else
+    volatile double stored = x;
+    return stored;
+#endif
+}
 
 /* A TCP or UDP packet decoded by `fp_decode_frame`, pointing into the caller's frame. */
 typedef struct {

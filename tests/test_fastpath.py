@@ -134,11 +134,9 @@ for tick, scale in ((1e-6, 10 ** 6), (1e-9, 10 ** 9)):
 """
 
 
-@needs_extension
-def test_time_stamps_exact_where_fused_multiply_add(tmp_path):
-    """Built for a CPU with fused multiply-add, the extension still computes time stamps
-    as Python does: compilers may fuse `sec + frac * tick` into one instruction with one
-    rounding unless the build turns that off (-ffp-contract=off in pyproject.toml)."""
+def build_extension(tmp_path, flags):
+    """Compile edge_etc._fastpath with pyproject.toml's arguments and `flags` into a copy of
+    the package in `tmp_path`. Returns the environment that imports that copy."""
     import shutil
     import sysconfig
 
@@ -147,27 +145,131 @@ def test_time_stamps_exact_where_fused_multiply_add(tmp_path):
     except ImportError:  # Python < 3.11
         import tomli as tomllib
 
-    compiler = shutil.which("gcc") or shutil.which("cc")
-    if compiler is None or not cpu_has_fused_multiply_add():
-        pytest.skip("needs a C compiler and a CPU with fused multiply-add")
     with open(os.path.join(ROOT, "pyproject.toml"), "rb") as f:
         extension = tomllib.load(f)["tool"]["setuptools"]["ext-modules"][0]
     package = tmp_path / "edge_etc"
     shutil.copytree(os.path.join(ROOT, "edge_etc"), package,
                     ignore=shutil.ignore_patterns("*.so", "__pycache__"))
     target = package / ("_fastpath" + sysconfig.get_config_var("EXT_SUFFIX"))
-    fma = ["-mfma"] if os.uname().machine == "x86_64" else []
-    build = subprocess.run([compiler, "-shared", "-fPIC", *fma, *extension["extra-compile-args"],
+    build = subprocess.run([c_compiler(), "-shared", "-fPIC", *flags,
+                            *extension["extra-compile-args"],
                             "-I" + sysconfig.get_paths()["include"],
                             *[os.path.join(ROOT, source) for source in extension["sources"]],
                             "-o", str(target), "-lm"], capture_output=True, text=True)
     assert build.returncode == 0, build.stderr
     env = dict(os.environ, PYTHONPATH=str(tmp_path))
     env.pop(fastpath.DISABLE_VARIABLE, None)
-    check = subprocess.run([sys.executable, "-c", _TIME_STAMP_CHECK, str(tmp_path)], env=env,
-                           cwd=str(tmp_path),
-                           capture_output=True, text=True, timeout=120)
+    return env
+
+
+def c_compiler():
+    import shutil
+
+    return shutil.which("gcc") or shutil.which("cc")
+
+
+def run_check(script, tmp_path, env):
+    check = subprocess.run([sys.executable, "-c", script, str(tmp_path)], env=env,
+                           cwd=str(tmp_path), capture_output=True, text=True, timeout=300)
     assert check.returncode == 0, check.stderr[-2000:]
+
+
+@needs_extension
+def test_time_stamps_exact_where_fused_multiply_add(tmp_path):
+    """Built for a CPU with fused multiply-add, the extension still computes time stamps
+    as Python does: compilers may fuse `sec + frac * tick` into one instruction with one
+    rounding unless the build turns that off (-ffp-contract=off in pyproject.toml)."""
+    if c_compiler() is None or not cpu_has_fused_multiply_add():
+        pytest.skip("needs a C compiler and a CPU with fused multiply-add")
+    fma = ["-mfma"] if os.uname().machine == "x86_64" else []
+    run_check(_TIME_STAMP_CHECK, tmp_path, build_extension(tmp_path, fma))
+
+
+# Checks that an extension whose double arithmetic runs on the x87 (32-bit x86 without
+# SSE2) rounds each operation to double where Python's float arithmetic does. It checks the
+# time stamps of the slicer and of Engine.feed, and the gap byte of the vectorizer at the
+# gaps where the byte changes. The expected values emulate an x87 operation stored as a
+# double: the exact result rounded to the register's 64-bit significand, then to 53 bits.
+_X87_CHECK = r"""
+import math, random, struct, sys
+from fractions import Fraction
+from edge_etc import engine, fastpath
+from edge_etc.preprocess import Preprocessing
+assert fastpath.native.__file__.startswith(sys.argv[1]), fastpath.native.__file__
+
+
+def x87(value):
+    for bits in (64, 53):
+        exponent = value.numerator.bit_length() - value.denominator.bit_length()
+        if Fraction(2) ** exponent > value:
+            exponent -= 1
+        scale = Fraction(2) ** (bits - 1 - exponent)
+        value = Fraction(round(value * scale)) / scale
+    return float(value)
+
+
+rng = random.Random(5)
+ip = bytes.fromhex("4500002800000000400600000a0000010a000002")
+tcp = bytes.fromhex("9c4001bb00000000000000005010000000000000")
+frame = bytes(12) + b"\x08\x00" + ip + tcp  # no payload, so no windows
+for tick, scale in ((1e-6, 10 ** 6), (1e-9, 10 ** 9)):
+    stamps = sorted((rng.randrange(4) if k % 2 else rng.randrange(1 << 31), rng.randrange(scale))
+                    for k in range(4000))
+    expected = [x87(sec + Fraction(x87(frac * Fraction(tick)))) for sec, frac in stamps]
+    data = b"".join(struct.pack("<IIII", sec, frac, len(frame), len(frame)) + frame
+                    for sec, frac in stamps)
+    records = list(fastpath.native.PcapSlicer(data, 0, True, tick, 1, 262144))
+    wrong = [stamp for stamp, want, record in zip(stamps, expected, records) if record[0] != want]
+    assert not wrong, ("PcapSlicer", tick, len(wrong), wrong[:3])
+    table = engine.new_engine(Preprocessing(), 10, 60.0, 1, 1, decisions=False)
+    pos, wrong = 0, []
+    for stamp, want in zip(stamps, expected):
+        pos, _, _, _ = table.feed(data, pos, True, tick, 1, 262144, 1)
+        if table.now != want:  # the stamps ascend, so the clock is the last one
+            wrong.append(stamp)
+    assert not wrong, ("Engine.feed", tick, len(wrong), wrong[:3])
+
+settings = Preprocessing()
+packet = fastpath.native.decode(1.0, 1, frame, len(frame))
+wrong = []
+for byte in range(160):
+    # The gap at which round(20 * log10(1 + microseconds)) changes from `byte` to byte + 1,
+    # and the 60 doubles on either side of it.
+    gap_s = (10 ** ((byte + 0.5) / 20) - 1) / 1e6
+    for _ in range(60):
+        gap_s = math.nextafter(gap_s, 0.0)
+    for _ in range(120):
+        gap_s = math.nextafter(gap_s, 1.0)
+        microseconds = x87(Fraction(gap_s) * Fraction(1e6))
+        log = math.log10(x87(1 + Fraction(microseconds)))
+        want = min(255, round(x87(20 * Fraction(log))))
+        got = fastpath.native.vectorize(packet, True, settings, gap_s, False)[settings.header_bytes + 1]
+        if got != want:
+            wrong.append((gap_s, got, want))
+assert not wrong, ("gap byte", len(wrong), wrong[:3])
+"""
+
+
+def evaluates_double_with_x87(flags):
+    """Return True when the C compiler with `flags` evaluates double expressions with the
+    x87's precision (FLT_EVAL_METHOD 2)."""
+    probe = subprocess.run([c_compiler(), *flags, "-E", "-P", "-x", "c", "-"],
+                           input="#include <float.h>\nFLT_EVAL_METHOD\n", capture_output=True,
+                           text=True)
+    return probe.returncode == 0 and probe.stdout.split()[-1:] == ["2"]
+
+
+@needs_extension
+def test_time_stamps_and_gaps_rounded_on_x87(tmp_path):
+    """Where double arithmetic runs on the x87 (32-bit x86), the extension rounds each
+    operation to double as Python does. On x86-64 the check builds it with -mfpmath=387."""
+    machine = os.uname().machine
+    flags = ["-mfpmath=387"] if machine == "x86_64" else []
+    if machine not in ("x86_64", "i386", "i486", "i586", "i686"):
+        pytest.skip(f"no x87 on {machine}")
+    if c_compiler() is None or not evaluates_double_with_x87(flags):
+        pytest.skip("needs a C compiler that evaluates doubles on the x87")
+    run_check(_X87_CHECK, tmp_path, build_extension(tmp_path, flags))
 
 
 # --- packet by packet ---------------------------------------------------------------------
