@@ -573,16 +573,29 @@ static inline void zero_range(unsigned char *v, Py_ssize_t start, Py_ssize_t end
         memset(v + start, 0, end - start);
 }
 
-static int long_field(PyObject *obj, long *out)
-{
-    *out = PyLong_AsLong(obj);
-    return (*out == -1 && PyErr_Occurred()) ? -1 : 0;
-}
-
+/* Read an int field. Fields are read as long long, not long, so that a 32-bit build, whose
+ * long has 32 bits, accepts the same values as a 64-bit one. */
 static int long_long_field(PyObject *obj, long long *out)
 {
     *out = PyLong_AsLongLong(obj);
     return (*out == -1 && PyErr_Occurred()) ? -1 : 0;
+}
+
+/* Read an offset field (l4_offset, l4_len). Any offset from FP_FAR_OFFSET on gives the same
+ * bytes, so every larger value, also one beyond the long long range, becomes FP_FAR_OFFSET.
+ * Returns 0, or -1 with a Python exception set (ValueError for a negative value). */
+static int offset_field(PyObject *obj, Py_ssize_t *out)
+{
+    int overflow;
+    long long value = PyLong_AsLongLongAndOverflow(obj, &overflow);
+    if (value == -1 && PyErr_Occurred())
+        return -1;
+    if (overflow < 0 || (overflow == 0 && value < 0)) {
+        PyErr_SetString(PyExc_ValueError, "Packet field out of range");
+        return -1;
+    }
+    *out = overflow > 0 || value >= FP_FAR_OFFSET ? FP_FAR_OFFSET : (Py_ssize_t)value;
+    return 0;
 }
 
 int fp_view_of_packet(PyObject *obj, fp_packet_view *view)
@@ -606,23 +619,23 @@ int fp_view_of_packet(PyObject *obj, fp_packet_view *view)
         PyErr_SetString(PyExc_TypeError, "Packet.ip must be bytes");
         return -1;
     }
-    long l4_field, l4_len_field;
     /* A payload length can exceed 2**31: an IPv4 total length of 0 takes the record's wire
-     * length, up to 2**32 - 1, and `long` has 32 bits on 32-bit targets. */
-    long long payload_len;
-    if (long_field(pkt->l4_offset, &l4_field) || long_field(pkt->l4_len, &l4_len_field) ||
-        long_field(pkt->proto, &view->proto) || long_field(pkt->version, &view->version) ||
-        long_long_field(pkt->payload_len, &payload_len) || long_field(pkt->sport, &view->sport) ||
-        long_field(pkt->dport, &view->dport) || long_field(pkt->tcp_flags, &view->flags))
+     * length, up to 2**32 - 1. */
+    long long payload_len, sport, dport, flags;
+    if (offset_field(pkt->l4_offset, &view->l4) || offset_field(pkt->l4_len, &view->l4_len) ||
+        long_long_field(pkt->proto, &view->proto) ||
+        long_long_field(pkt->version, &view->version) ||
+        long_long_field(pkt->payload_len, &payload_len) || long_long_field(pkt->sport, &sport) ||
+        long_long_field(pkt->dport, &dport) || long_long_field(pkt->tcp_flags, &flags))
         return -1;
-    if (l4_field < 0 || l4_len_field < 0 || payload_len < 0 || view->sport < 0 ||
-        view->sport > 65535 || view->dport < 0 || view->dport > 65535 || view->flags < 0 ||
-        view->flags > 255) {
+    if (payload_len < 0 || sport < 0 || sport > 65535 || dport < 0 || dport > 65535 ||
+        flags < 0 || flags > 255) {
         PyErr_SetString(PyExc_ValueError, "Packet field out of range");
         return -1;
     }
-    view->l4 = l4_field < FP_FAR_OFFSET ? (Py_ssize_t)l4_field : FP_FAR_OFFSET;
-    view->l4_len = l4_len_field < FP_FAR_OFFSET ? (Py_ssize_t)l4_len_field : FP_FAR_OFFSET;
+    view->sport = (long)sport;
+    view->dport = (long)dport;
+    view->flags = (long)flags;
     view->payload_len = payload_len;
     view->ip = (const unsigned char *)PyBytes_AS_STRING(pkt->ip);
     view->n = PyBytes_GET_SIZE(pkt->ip);
@@ -661,7 +674,7 @@ int fp_vectorize_into(unsigned char *v, const fp_settings *s, const fp_packet_vi
                       int server_is_dst, double gap_s, int port_block)
 {
     const Py_ssize_t l4 = p->l4, l4_len = p->l4_len;
-    const long proto = p->proto;
+    const long long proto = p->proto;
     const Py_ssize_t size = s->header_bytes;
     const long buckets = s->context && port_block ? s->port_buckets : 0;
     memset(v, 0, fp_vector_length(s, port_block));

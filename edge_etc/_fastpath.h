@@ -65,7 +65,7 @@ typedef struct {
     const unsigned char *ip;
     Py_ssize_t n;
     Py_ssize_t l4, l4_len;    /* clamped to FP_FAR_OFFSET */
-    long proto, version;
+    long long proto, version; /* not long: a 32-bit build accepts what a 64-bit one does */
     long long payload_len;
     long sport, dport, flags;
 } fp_packet_view;

@@ -376,7 +376,8 @@ if case == "deleted_field":
 elif case.startswith("far_"):
     name = {"far_l4": "l4_offset", "far_l4_len": "l4_len"}[case]
     for proto in (6, 17):
-        for value in (2**31 - 1, 2**62, sys.maxsize - 1, sys.maxsize):
+        # Values from 2**31 on exceed a 32-bit build's long, from 2**63 on a 64-bit build's.
+        for value in (2**31 - 1, 2**62, sys.maxsize - 1, sys.maxsize, 2**63, 2**100):
             fields.update(proto=proto, **{name: value})
             fast = fastpath.native.Packet(*fields.values())
             slow = decode.PythonPacket(*fields.values())
