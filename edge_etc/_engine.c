@@ -1281,25 +1281,48 @@ static PyObject *engine_memory(EngineObject *e, PyObject *unused)
 
 /* ---- the type ------------------------------------------------------------------------- */
 
+/* Read a count limit such as max_flows. PyArg_ParseTuple's "k" and "K" formats keep only the
+ * low bits of an int, as many as unsigned long or unsigned long long has, so "k" read
+ * 2**32 + 5 as 5 where long has 32 bits. Here a negative value or one beyond the unsigned
+ * long long range becomes 0, which the caller rejects. Returns 0, or -1 with a Python
+ * exception set for an object that is not an int. */
+static int read_limit(PyObject *obj, unsigned long long *out)
+{
+    PyObject *index = PyNumber_Index(obj);
+    if (index == NULL)
+        return -1;
+    *out = PyLong_AsUnsignedLongLong(index);
+    Py_DECREF(index);
+    if (*out == (unsigned long long)-1 && PyErr_Occurred()) {
+        if (!PyErr_ExceptionMatches(PyExc_OverflowError))
+            return -1;
+        PyErr_Clear();
+        *out = 0;
+    }
+    return 0;
+}
+
 static int engine_init(EngineObject *e, PyObject *args, PyObject *kwargs)
 {
     static char *names[] = {"settings", "max_flows", "idle_timeout_s", "max_windows", "capacity",
                             "labels", "label_json", "threshold", "decisions", "serials", "seed",
                             "on_jump", NULL};
-    PyObject *settings, *labels, *label_json, *on_jump;
-    unsigned long long max_flows, seed;
+    PyObject *settings, *labels, *label_json, *on_jump, *max_flows_obj, *max_windows_obj;
+    unsigned long long max_flows, max_windows, seed;
     double idle_timeout_s, threshold;
-    unsigned long max_windows;
     Py_ssize_t capacity;
     int decisions, serials;
     if (e->flow_blocks != NULL || e->buckets != NULL) {
         PyErr_SetString(PyExc_RuntimeError, "Engine.__init__ runs once");
         return -1;
     }
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OKdknO!O!dppKO", names, &settings,
-                                     &max_flows, &idle_timeout_s, &max_windows, &capacity,
-                                     &PyTuple_Type, &labels, &PyTuple_Type, &label_json,
-                                     &threshold, &decisions, &serials, &seed, &on_jump))
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOdOnO!O!dppKO", names, &settings,
+                                     &max_flows_obj, &idle_timeout_s, &max_windows_obj,
+                                     &capacity, &PyTuple_Type, &labels, &PyTuple_Type,
+                                     &label_json, &threshold, &decisions, &serials, &seed,
+                                     &on_jump))
+        return -1;
+    if (read_limit(max_flows_obj, &max_flows) < 0 || read_limit(max_windows_obj, &max_windows) < 0)
         return -1;
     if (max_flows < 1 || max_flows > NONE - 1 || max_windows < 1 || max_windows > NONE - 1 ||
         capacity < 1 || capacity > (1 << 24) || !(idle_timeout_s > 0)) {

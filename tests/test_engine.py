@@ -364,6 +364,21 @@ def test_engine_rejects_packets_when_pending_full():
 
 
 @needs_engine
+def test_engine_limits_read_whole():
+    """max_flows and max_windows are checked as given: 2**32 + 5 does not become 5 where
+    long has 32 bits, nor 2**64 + 5 on any build."""
+    for value in (0, -1, 2**32 - 1, 2**32 + 5, 2**64 + 5):
+        with pytest.raises(ValueError, match="invalid engine limits"):
+            engine.new_engine(SETTINGS, value, 60.0, 1, 4, decisions=False)
+        with pytest.raises(ValueError, match="invalid engine limits"):
+            engine.new_engine(SETTINGS, 10, 60.0, value, 4, decisions=False)
+    with pytest.raises(TypeError):
+        engine.new_engine(SETTINGS, 10.0, 60.0, 1, 4, decisions=False)
+    largest = engine.new_engine(SETTINGS, 2**32 - 2, 60.0, 2**32 - 2, 4, decisions=False)
+    assert largest.max_windows == 2**32 - 2
+
+
+@needs_engine
 def test_engine_without_init_is_empty():
     e = fastpath.native.Engine.__new__(fastpath.native.Engine)
     e.flush()
