@@ -17,6 +17,8 @@ def main(model_path, calibration_path, out_path):
     import numpy as np
     import tensorflow as tf
 
+    from edge_etc.convert import gate_lstm  # noqa: F401 (registers GateLSTM for load_model)
+
     model = keras.models.load_model(model_path, compile=False)
     calibration = np.load(calibration_path)
 

@@ -5,7 +5,9 @@ Steps:
    output; layers without an int8 path in the TFLite converter (GRU, ConvLSTM, SimpleRNN
    that cannot unroll) are rejected by name.
 2. Rebuild it with every LSTM unrolled and `recurrent_dropout` set to 0 (training-only),
-   weights copied: the TFLite converter quantizes only the unrolled form.
+   weights copied: the TFLite converter quantizes only the unrolled form. For the
+   conversion, an LSTM that returns its last state is then written out with one dense
+   layer per gate (`gate_lstm.GateLSTM`), which rounds less in int8.
 3. Calibrate and convert in a child process (`edge_etc.convert.convert_worker`), because
    the converter can die with a segmentation fault; a crash becomes a one-line error.
    Calibration windows come from the shared preprocessing on the training captures: raw
@@ -186,11 +188,13 @@ def to_int8(model, settings, labels, calibration, info=None, unknown_threshold=0
     from edge_etc.infer import Classifier
     from edge_etc.model import METADATA_NAME, encode_metadata, load_model_info
 
+    from .gate_lstm import gate_lstm_copy
+
     calibration = calibration.copy()
     # Make sure the calibration range covers every byte value, so the input scale is 1/255.
     calibration[0, 0, 0], calibration[0, 0, 1] = 0, 255
     with tempfile.TemporaryDirectory(prefix="edge-etc-convert-") as workdir:
-        tflite = run_converter(model, calibration.astype(np.float32) / 255.0, workdir)
+        tflite = run_converter(gate_lstm_copy(model), calibration.astype(np.float32) / 255.0, workdir)
         tflite = add_metadata(tflite, METADATA_NAME,
                               encode_metadata(labels, settings, unknown_threshold, info=info))
         tmp_path = os.path.join(workdir, "with_metadata.tflite")

@@ -1018,6 +1018,15 @@ def _prepare_quantize(ctx):
         return run
     if x.dtype not in (np.int8, np.uint8) or not x.quantized:
         raise ctx.fail(f"QUANTIZE from {x.dtype.name}")
+    ratio = np.float32(x.scale) / np.float32(out.scale)
+    if ctx.kernels == "xnnpack" and x.dtype == np.int8 and 2.0 ** -8 <= ratio <= 2.0 ** 7:
+        # XNNPACK's int8 to int8 convert: the scale ratio as a Q8 integer (lrintf of
+        # 256 * ratio in float32), and the product rounded half up by a shift of 8 bits.
+        multiplier = int(np.rint(np.float32(256.0) * ratio))
+        values = np.arange(-128, 128, dtype=np.int64)
+        result = np.clip((((values - x.zero_point) * multiplier + 128) >> 8) + out.zero_point, -128, 127)
+        table = _byte_table(values, result)
+        return lambda inputs: [_lookup(table, inputs[0])]
     multiplier, shift = quantize_multiplier(float(np.float32(x.scale)) / float(np.float32(out.scale)))
     low = -128 if x.dtype == np.int8 else 0
     values = np.arange(low, low + 256, dtype=np.int64)

@@ -391,8 +391,19 @@ def recurrent_model(keras, layers):
     return keras.Model(inp, layers.Dense(6, activation="softmax")(layers.Add()([f, g])))
 
 
+def gate_recurrent_model(keras, layers):
+    """recurrent_model with its LSTM written out per gate, as `edge-etc convert` converts
+    it: adds PAD, STRIDED_SLICE and an int8 to int8 QUANTIZE before each CONCATENATION."""
+    from edge_etc.convert.gate_lstm import gate_lstm_copy
+
+    return gate_lstm_copy(recurrent_model(keras, layers))
+
+
+CONVERTED_MODELS = [elementwise_model, pooling_model, recurrent_model, gate_recurrent_model]
+
+
 @pytest.mark.train
-@pytest.mark.parametrize("build", [elementwise_model, pooling_model, recurrent_model])
+@pytest.mark.parametrize("build", CONVERTED_MODELS)
 def test_converted_operators_match_litert_reference(build):
     data = convert_int8(build)
     rng = np.random.default_rng(11)
@@ -403,7 +414,7 @@ def test_converted_operators_match_litert_reference(build):
 
 
 @pytest.mark.train
-@pytest.mark.parametrize("build", [elementwise_model, pooling_model, recurrent_model])
+@pytest.mark.parametrize("build", CONVERTED_MODELS)
 def test_converted_operators_match_litert_default(build):
     data = convert_int8(build)
     rng = np.random.default_rng(12)
@@ -420,6 +431,40 @@ def test_recurrent_model_has_convert_operators():
     expected = {"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "SUB", "MUL", "ADD",
                 "LOGISTIC", "TANH", "MAX_POOL_2D", "SOFTMAX", "CONCATENATION"}
     assert expected <= names, f"missing {sorted(expected - names)}"
+
+
+@pytest.mark.train
+def test_gate_lstm_model_has_int8_requantize():
+    pytest.importorskip("tensorflow")
+    tensors, operators = numpy_backend._read_graph(convert_int8(gate_recurrent_model))[:2]
+    names = {op.name for op in operators}
+    assert {"PAD", "STRIDED_SLICE", "CONCATENATION", "LOGISTIC", "TANH"} <= names
+    requantize = [op for op in operators if op.name == "QUANTIZE"
+                  and tensors[op.inputs[0]].dtype == np.int8]
+    assert requantize, "no int8 to int8 QUANTIZE in the converted model"
+
+
+@pytest.fixture(scope="module")
+def gate_lstm_tflite():
+    return convert_int8(gate_recurrent_model)
+
+
+# (input, output) scales and zero points of an int8 to int8 QUANTIZE. XNNPACK takes scale
+# ratios from 2**-8 to 2**7 and leaves the others to TFLite's kernel.
+@pytest.mark.train
+@pytest.mark.parametrize("scales", [
+    ((0.011675, -47), (0.011189, -66)),
+    ((0.0042, 12), (0.0168, -3)),  # ratio 0.25: every fourth input is a tie
+    ((0.031, -128), (0.0083, 5)),
+    ((0.5, 3), (0.002, -1)),  # ratio 250, above XNNPACK's limit
+    ((0.00001, 0), (0.0052, 7)),  # ratio under 2**-8
+])
+def test_int8_requantize_scales_match_litert_default(gate_lstm_tflite, scales):
+    data, inputs = single_operator(gate_lstm_tflite, "QUANTIZE", scales)
+    shape = numpy_backend._read_graph(data)[0][inputs[0]].shape
+    values = np.random.default_rng(6).integers(-128, 128, (256,) + tuple(shape[1:]), dtype=np.int8)
+    values.reshape(-1)[:256] = np.arange(-128, 128)
+    compare_single(data, inputs, [values])
 
 
 # Single operators with chosen quantization: XNNPACK's arithmetic and the scale limits

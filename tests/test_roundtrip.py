@@ -191,3 +191,26 @@ def test_train_single_capture_per_class(corpus, tmp_path):
     assert "Traceback" not in r.stderr
     assert (out / "model.h5").stat().st_size > 0
     assert "No held-out results" in (out / "report.txt").read_text()
+
+
+def test_gate_lstm_copy_computes_the_same():
+    """The per-gate LSTM that conversion swaps in gives the trained LSTM's outputs."""
+    import keras
+    import numpy as np
+
+    from edge_etc.convert.gate_lstm import GateLSTM, gate_lstm_copy
+
+    keras.utils.set_random_seed(3)
+    inp = keras.Input((3, 20))
+    last = keras.layers.LSTM(12, unroll=True, name="last")(inp)
+    sequence = keras.layers.LSTM(5, unroll=True, return_sequences=True, name="sequence")(inp)
+    out = keras.layers.Concatenate()([last, keras.layers.Flatten()(sequence)])
+    model = keras.Model(inp, keras.layers.Dense(4, activation="softmax")(out))
+    # Weights away from their initial values, so every gate matters.
+    model.set_weights([w + np.random.default_rng(4).normal(0, 0.3, w.shape) for w in model.get_weights()])
+    copy = gate_lstm_copy(model)
+
+    assert isinstance(copy.get_layer("last"), GateLSTM)
+    assert type(copy.get_layer("sequence")).__name__ == "LSTM"  # whole sequences stay
+    x = np.random.default_rng(5).random((64, 3, 20)).astype(np.float32)
+    np.testing.assert_allclose(copy.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-5)
