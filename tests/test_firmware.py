@@ -458,3 +458,16 @@ def test_install_rejects_odd_interface(tmp_path):
     assert proc.returncode == 1
     assert "invalid interface name" in proc.stderr
     assert not out.exists()
+
+
+@pytest.mark.parametrize("machine, system_numpy", [
+    ("x86_64", False), ("aarch64", False), ("armv7l", True), ("armv6l", True), ("i686", True),
+    ("mips", True)])
+def test_install_numpy_source_per_machine(machine, system_numpy):
+    """Where no ai-edge-litert wheel exists, PyPI has no numpy wheel either, so the
+    installer takes Debian's python3-numpy into a venv with system site packages."""
+    env = dict(os.environ, EDGE_ETC_INSTALL_FUNCTIONS_ONLY="1")
+    script = f'. "{INSTALL}"; needs_system_numpy "$1"'
+    proc = subprocess.run([SHELL, "-c", script, "sh", machine], env=env, capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == (0 if system_numpy else 1), proc.stderr

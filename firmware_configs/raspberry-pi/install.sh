@@ -49,6 +49,17 @@ write_config() {
 	mv "$out.new" "$out"
 }
 
+# Succeed when machine $1 (uname -m) needs Debian's numpy. ai-edge-litert has wheels only
+# for aarch64 and x86_64. For the others PyPI had no numpy wheel either (checked for CPython
+# 3.11 on armv7l and i686), so pip built numpy from source, which failed without a C++
+# compiler in a Debian 12 i386 root.
+needs_system_numpy() {
+	case $1 in
+	aarch64 | x86_64) return 1 ;;
+	*) return 0 ;;
+	esac
+}
+
 main() {
 	here=$(cd "$(dirname "$0")" && pwd)
 	iface=
@@ -72,21 +83,30 @@ main() {
 	[ -n "$iface" ] || iface=$(default_iface)
 	[ -n "$iface" ] || die "no default route to take the interface from; give --iface IFACE"
 
-	case $(uname -m) in
-	aarch64 | x86_64) ;;
-	*) echo "install.sh: warning: no ai-edge-litert wheel exists for $(uname -m);" \
-		"edge-etc will run the model with its slower numpy backend" >&2 ;;
-	esac
+	numpy_package=
+	venv_option=
+	if needs_system_numpy "$(uname -m)"; then
+		echo "install.sh: warning: no ai-edge-litert wheel exists for $(uname -m);" \
+			"edge-etc will run the model with its slower numpy backend and Debian's numpy" >&2
+		numpy_package=python3-numpy
+		venv_option=--system-site-packages
+	fi
 
 	# pypcap is built from source: it needs a compiler and the libpcap headers.
-	apt-get install -y --no-install-recommends python3-venv python3-dev gcc libpcap-dev
+	apt-get install -y --no-install-recommends python3-venv python3-dev gcc libpcap-dev \
+		${numpy_package:+"$numpy_package"}
 
 	if ! id -u "$USER_NAME" >/dev/null 2>&1; then
 		useradd --system --user-group --no-create-home --home-dir /var/lib/edge-etc \
 			--shell /usr/sbin/nologin "$USER_NAME"
 	fi
 
-	[ -x "$PREFIX/bin/python" ] || python3 -m venv "$PREFIX"
+	# python3 -m venv on an existing environment rewrites its pyvenv.cfg and keeps its
+	# packages, so a venv that an earlier run made without Debian's numpy gets it too.
+	if [ ! -x "$PREFIX/bin/python" ] || { [ -n "$venv_option" ] &&
+		grep -q '^include-system-site-packages = false' "$PREFIX/pyvenv.cfg"; }; then
+		python3 -m venv ${venv_option:+"$venv_option"} "$PREFIX"
+	fi
 	"$PREFIX/bin/pip" install --upgrade "$source_spec"
 
 	mkdir -p "$CONFIG_DIR"
