@@ -147,7 +147,7 @@ class Evaluation:
         """
         data = self.data
         out = {"float": [], "int8": [], "thresholds": [], "background": [],
-               "float_windows": [], "int8_windows": [], "repeat": [],
+               "float_windows": [], "int8_windows": [], "int8_changed": [], "repeat": [],
                "repeat_float": [], "repeat_int8": []}
         pooled = {"true": [], "float": [], "int8": [], "seen": []}
         for r in range(self.repeats):
@@ -216,9 +216,13 @@ class Evaluation:
                 p_int8 = classifier.predict([w.tobytes() for w in x_test])
                 out["int8_windows"].append(per_class_report(data.y[test][labelled], p_int8[labelled].argmax(1), data.classes))
                 ids8, pred8, _ = _flow_confidence(p_int8, data, test, self.max_windows)
+                assert np.array_equal(ids8, ids)  # the same flows, in the same order
                 labels8 = data.flow_label[ids8]
                 out["int8"].append(per_class_report(labels8[labels8 >= 0], pred8[labels8 >= 0], data.classes))
                 all_int8.append(pred8[labels8 >= 0])
+                # The labelled flows whose decision differs between int8 and float.
+                out["int8_changed"].append({"flows": int(known.sum()),
+                                            "changed": int((pred8[labels8 >= 0] != pred[known]).sum())})
             log.info("%s, %sfold %d: flow macro-F1 float %.3f%s (%.0f s)", self.name,
                      f"repeat {r}, " if self.repeats > 1 else "", f, out["float"][-1]["macro_f1"],
                      f", int8 {out['int8'][-1]['macro_f1']:.3f}" if self.int8 else "", time.time() - started)
@@ -484,6 +488,10 @@ def evaluate_command(corpus, output, preset, seed, vector_bytes, window_rule, no
         text += ["", "CNN-LSTM int8, flows, all folds:", format_report(results["cnn_lstm"]["overall_int8"])]
         diffs = [abs(a["macro_f1"] - b["macro_f1"]) for a, b in zip(results["cnn_lstm"]["float"], results["cnn_lstm"]["int8"])]
         text.append(f"largest float/int8 macro-F1 difference on a fold: {max(diffs):.3f}")
+        changed = results["cnn_lstm"]["int8_changed"]
+        text.append("labelled flows whose int8 decision differs from the float one: "
+                    f"{sum(c['changed'] for c in changed)} of {sum(c['flows'] for c in changed)}; "
+                    "per fold: " + " ".join(str(c["changed"]) for c in changed))
     bg = results["cnn_lstm"]["background"]
     total = sum(b["flows"] for b in bg)
     wrong = sum(b["confident_wrong"] for b in bg)

@@ -113,10 +113,17 @@ def main():
     verdict = "beats" if int8 >= best_baseline + 0.05 else "does not beat"
     parity = ("within the 1 point the project aims for" if max(diffs) <= 0.01
               else "more than the 1 point the project aims for")
+    changed = ev["cnn_lstm"].get("int8_changed")
+    flips = ""
+    if changed:
+        n_changed = sum(c["changed"] for c in changed)
+        n_flows = sum(c["flows"] for c in changed)
+        flips = (f" The int8 model decides {n_changed} of the {n_flows} labelled flows "
+                 f"({n_changed / n_flows:.1%}) differently from the float one.")
     w(f"**The int8 CNN-LSTM ({int8:.3f}) {verdict} the best baseline ({best_baseline:.3f}) by the "
       f"5 points the project aims for.** On every fold{' of every repeat' if repeats > 1 else ''}, "
       f"the int8 and float models differ by at most {max(diffs):.3f} flow macro-F1. That is "
-      f"{parity}.\n")
+      f"{parity}.{flips}\n")
     pooled = ", all folds and repeats" if repeats > 1 else ", all folds"
     w(f"### CNN-LSTM int8, per class (flows{pooled})\n")
     w(per_class_table(ev["cnn_lstm"]["overall_int8"]))
