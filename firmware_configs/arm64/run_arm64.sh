@@ -1,12 +1,16 @@
 #!/bin/bash
-# Check edge-etc on arm64 under qemu-user. The script builds a Debian 12 arm64 root file
-# system with debootstrap and installs edge-etc in it with firmware_configs/raspberry-pi/
-# install.sh. Then it classifies capture files there and on this host, and compares the
-# JSON lines file by file.
+# Check edge-etc on another CPU architecture: arm64 or armhf under qemu-user, or i386, which
+# an x86_64 kernel runs natively. The script builds a Debian 12 root file system of that
+# architecture with debootstrap and installs edge-etc in it with firmware_configs/
+# raspberry-pi/install.sh. Then it classifies capture files there and on this host, and
+# compares the JSON lines file by file.
 #
 # Usage: sudo firmware_configs/arm64/run_arm64.sh [OPTIONS] [CAPTURE...]
-#   --root DIR            arm64 root file system, built when missing and reused when complete
-#                         [default: /var/tmp/edge-etc-arm64-root]; never inside the repository
+#   --arch arm64|armhf|i386  Debian architecture of the root [default: arm64]. No
+#                         ai-edge-litert wheel exists for armhf and i386, so there the root
+#                         runs only --backend numpy (as if --numpy were given)
+#   --root DIR            root file system, built when missing and reused when complete
+#                         [default: /var/tmp/edge-etc-ARCH-root]; never inside the repository
 #   --mirror URL          Debian mirror for debootstrap [default: the first Debian mirror in
 #                         this host's apt sources, else http://deb.debian.org/debian]
 #   --corpus DIR          folder that relative CAPTURE paths are taken from [default:
@@ -16,11 +20,17 @@
 #   --source worktree|head  what is installed in the root: the working tree's tracked and
 #                         untracked files, minus ignored ones (what an editable install on the
 #                         host runs), or `git archive HEAD` [default: worktree]
-#   --cpu NAME            CPU that qemu emulates (qemu-aarch64-static -cpu help lists them)
-#                         [default: cortex-a72, the core of the Raspberry Pi 4]
-#   --x86-cpuinfo         leave the root with the host's /proc/cpuinfo and without /sys, so
-#                         that ai-edge-litert runs without its XNNPACK delegate
+#   --cpu NAME            CPU that qemu emulates (qemu-aarch64-static -cpu help or
+#                         qemu-arm-static -cpu help lists them) [default: cortex-a72, the
+#                         core of the Raspberry Pi 4, for arm64; cortex-a7, that of the
+#                         Raspberry Pi 2, for armhf]; not for i386
+#   --x86-cpuinfo         arm64 only: leave the root with the host's /proc/cpuinfo and without
+#                         /sys, so that ai-edge-litert runs without its XNNPACK delegate
 #   --numpy               also classify with --backend numpy on both sides
+#   --windows             also compare the numpy backend's int8 outputs on every window of
+#                         the corpus, both kernel families, and the windows themselves
+#   --tests               also run the repository's tests in the root with the installed
+#                         edge-etc (tests that need TensorFlow or ai-edge-litert skip)
 #   CAPTURE               capture files, absolute or relative to --corpus [default: one
 #                         capture per class, see DEFAULT_CAPTURES]; the repository's
 #                         tests/data/cases/eth_tls_2flows.pcap is always added
@@ -30,20 +40,20 @@
 set -euo pipefail
 
 REPO=$(cd "$(dirname "$0")/../.." && pwd)
-ROOT=/var/tmp/edge-etc-arm64-root
+ARCH=arm64
+ROOT=
 MIRROR=
 CORPUS=${EDGE_ETC_CORPUS:-$REPO/../shared/corpus}
 HOST_EDGE_ETC=
 SOURCE_KIND=worktree
-CPU=cortex-a72
+CPU=
 X86_CPUINFO=0
 WITH_NUMPY=0
+WITH_WINDOWS=0
+WITH_TESTS=0
 SUITE=bookworm
-# Marks a root whose debootstrap second stage finished.
-ROOT_MARKER=.edge-etc-arm64-root-complete
 # Paths inside the root.
 SRC_IN_ROOT=/usr/src/edge-etc
-WORK_IN_ROOT=/tmp/edge-etc-arm64
 PREFIX_IN_ROOT=/opt/edge-etc
 
 # One capture per class from the labelled corpus, each with at least 2 flows of 3 or more
@@ -113,11 +123,12 @@ print_step_times() {
 
 unmount_all() {
 	local target
-	# MOUNTED lists the newest mount first, so nested mounts go before their parents.
+	# MOUNTED lists the newest mount first, so nested mounts go before their parents. -R also
+	# takes the mounts that `ip netns add` makes below the root's bind mount of itself.
 	for target in "${MOUNTED[@]}"; do
-		umount "$target" || {
+		umount -R "$target" || {
 			log "umount $target failed; detaching it lazily"
-			umount -l "$target" || log "could not unmount $target: unmount it by hand"
+			umount -R -l "$target" || log "could not unmount $target: unmount it by hand"
 		}
 	done
 	MOUNTED=()
@@ -150,11 +161,41 @@ mount_in_root() {
 
 # Run a command inside the root with a clean environment, so the host's PIP_* and other
 # settings do not leak in. qemu-user reads QEMU_CPU at the start of every process, so it is
-# passed to env and kept for the processes that env starts.
+# passed to env and kept for the processes that env starts. An i386 root runs under
+# `setarch i686`, so that uname -m, and with it pip's platform_machine, is i686 as on a
+# 32-bit kernel instead of the host's x86_64.
 in_root() {
-	QEMU_CPU=$CPU chroot "$ROOT" /usr/bin/env -i \
+	QEMU_CPU=$CPU "${CHROOT_PREFIX[@]}" chroot "$ROOT" /usr/bin/env -i \
 		PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
 		HOME=/root LANG=C.UTF-8 DEBIAN_FRONTEND=noninteractive QEMU_CPU="$CPU" "$@"
+}
+
+# Set what depends on ARCH: the qemu-user emulator and its binfmt entry, the default CPU,
+# the machine name that uname -m prints in the root, and the default paths.
+set_arch() {
+	QEMU_NAME=
+	CHROOT_PREFIX=()
+	case $ARCH in
+	arm64) QEMU_NAME=qemu-aarch64 DEFAULT_CPU=cortex-a72 MACHINE=aarch64 LITERT_IN_ROOT=1 ;;
+	armhf) QEMU_NAME=qemu-arm DEFAULT_CPU=cortex-a7 MACHINE=armv7l LITERT_IN_ROOT=0 ;;
+	i386) DEFAULT_CPU='' MACHINE=i686 LITERT_IN_ROOT=0 CHROOT_PREFIX=(setarch i686) ;;
+	*) usage_error "invalid --arch '$ARCH': expected arm64, armhf or i386" ;;
+	esac
+	QEMU_BIN=${QEMU_NAME:+/usr/bin/$QEMU_NAME-static}
+	[ -n "$ROOT" ] || ROOT=/var/tmp/edge-etc-$ARCH-root
+	# Marks a root whose debootstrap second stage finished.
+	ROOT_MARKER=.edge-etc-$ARCH-root-complete
+	WORK_IN_ROOT=/tmp/edge-etc-$ARCH
+	if [ -z "$QEMU_NAME" ]; then
+		[ -z "$CPU" ] || usage_error "--cpu is for qemu-user, which an $ARCH root does not use"
+	elif [ -z "$CPU" ]; then
+		CPU=$DEFAULT_CPU
+	fi
+	if [ "$X86_CPUINFO" = 1 ] && [ "$ARCH" != arm64 ]; then
+		usage_error "--x86-cpuinfo is for arm64 only"
+	fi
+	# Without ai-edge-litert in the root, the numpy runs are the comparison.
+	[ "$LITERT_IN_ROOT" = 1 ] || WITH_NUMPY=1
 }
 
 # Print the first Debian mirror (not the security archive) of this host's apt sources.
@@ -182,6 +223,7 @@ parse_args() {
 	CAPTURES=()
 	while [ $# -gt 0 ]; do
 		case $1 in
+		--arch) [ $# -ge 2 ] || usage_error "--arch needs a value"; ARCH=$2; shift 2 ;;
 		--root) [ $# -ge 2 ] || usage_error "--root needs a value"; ROOT=$2; shift 2 ;;
 		--mirror) [ $# -ge 2 ] || usage_error "--mirror needs a value"; MIRROR=$2; shift 2 ;;
 		--corpus) [ $# -ge 2 ] || usage_error "--corpus needs a value"; CORPUS=$2; shift 2 ;;
@@ -194,6 +236,8 @@ parse_args() {
 		--cpu) [ $# -ge 2 ] || usage_error "--cpu needs a value"; CPU=$2; shift 2 ;;
 		--x86-cpuinfo) X86_CPUINFO=1; shift ;;
 		--numpy) WITH_NUMPY=1; shift ;;
+		--windows) WITH_WINDOWS=1; shift ;;
+		--tests) WITH_TESTS=1; shift ;;
 		-h | --help) print_help; exit 0 ;;
 		-*) usage_error "unknown option: $1" ;;
 		*) CAPTURES+=("$1"); shift ;;
@@ -204,8 +248,9 @@ parse_args() {
 	worktree | head) ;;
 	*) usage_error "invalid --source '$SOURCE_KIND': expected worktree or head" ;;
 	esac
+	set_arch
 	case $CPU in
-	'' | *[!A-Za-z0-9,=_-]*) usage_error "invalid --cpu '$CPU': expected a name from 'qemu-aarch64-static -cpu help', optionally with ,property=value" ;;
+	*[!A-Za-z0-9,=_-]*) usage_error "invalid --cpu '$CPU': expected a name from '$QEMU_BIN -cpu help', optionally with ,property=value" ;;
 	esac
 
 	ROOT=$(realpath -m "$ROOT")
@@ -243,13 +288,17 @@ parse_args() {
 install_host_tools() {
 	local missing=()
 	command -v debootstrap >/dev/null || missing+=(debootstrap)
-	[ -x /usr/bin/qemu-aarch64-static ] || missing+=(qemu-user-static)
-	command -v update-binfmts >/dev/null || missing+=(binfmt-support)
+	if [ -n "$QEMU_NAME" ]; then
+		[ -x "$QEMU_BIN" ] || missing+=(qemu-user-static)
+		command -v update-binfmts >/dev/null || missing+=(binfmt-support)
+	fi
 	if [ ${#missing[@]} -gt 0 ]; then
 		log "installing ${missing[*]}"
 		apt-get update -q
 		DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${missing[@]}"
 	fi
+	# The x86_64 kernel runs i386 programs itself.
+	[ -n "$QEMU_NAME" ] || return 0
 
 	local binfmt=/proc/sys/fs/binfmt_misc
 	if [ ! -e "$binfmt/register" ]; then
@@ -257,26 +306,26 @@ install_host_tools() {
 		log "mounting binfmt_misc on $binfmt"
 		mount -t binfmt_misc binfmt_misc "$binfmt"
 	fi
-	if [ ! -e "$binfmt/qemu-aarch64" ]; then
-		update-binfmts --import qemu-aarch64 2>/dev/null || true
+	if [ ! -e "$binfmt/$QEMU_NAME" ]; then
+		update-binfmts --import "$QEMU_NAME" 2>/dev/null || true
 	fi
-	update-binfmts --enable qemu-aarch64 ||
-		die "update-binfmts --enable qemu-aarch64 failed; see $binfmt"
-	head -n 1 "$binfmt/qemu-aarch64" | grep -qx enabled ||
-		die "the binfmt entry $binfmt/qemu-aarch64 is not enabled"
+	update-binfmts --enable "$QEMU_NAME" ||
+		die "update-binfmts --enable $QEMU_NAME failed; see $binfmt"
+	head -n 1 "$binfmt/$QEMU_NAME" | grep -qx enabled ||
+		die "the binfmt entry $binfmt/$QEMU_NAME is not enabled"
 	# With the F flag the kernel opens the interpreter once at registration, so the root
-	# needs no copy of qemu-aarch64-static.
-	if grep -q '^flags:.*F' "$binfmt/qemu-aarch64"; then
+	# needs no copy of the emulator.
+	if grep -q '^flags:.*F' "$binfmt/$QEMU_NAME"; then
 		QEMU_FIXED=1
 	else
 		QEMU_FIXED=0
 	fi
-	log "binfmt qemu-aarch64: $(grep -E '^(interpreter|flags)' "$binfmt/qemu-aarch64" | tr '\n' ' ')"
+	log "binfmt $QEMU_NAME: $(grep -E '^(interpreter|flags)' "$binfmt/$QEMU_NAME" | tr '\n' ' ')"
 }
 
 build_root() {
 	if [ -e "$ROOT/$ROOT_MARKER" ]; then
-		log "reusing the arm64 root $ROOT ($(cat "$ROOT/etc/debian_version"))"
+		log "reusing the $ARCH root $ROOT ($(cat "$ROOT/etc/debian_version"))"
 		return 0
 	fi
 	if [ -e "$ROOT" ] && [ -n "$(ls -A "$ROOT")" ]; then
@@ -284,13 +333,19 @@ build_root() {
 			"is mounted below it (grep $ROOT /proc/mounts), remove it and run again"
 	fi
 
-	log "debootstrap $SUITE arm64 from $MIRROR into $ROOT"
-	debootstrap --arch=arm64 --foreign --include=ca-certificates "$SUITE" "$ROOT" "$MIRROR"
-	if [ "$QEMU_FIXED" = 0 ]; then
-		install -m 755 /usr/bin/qemu-aarch64-static "$ROOT/usr/bin/qemu-aarch64-static"
+	log "debootstrap $SUITE $ARCH from $MIRROR into $ROOT"
+	if [ -z "$QEMU_NAME" ]; then
+		# i386 needs no emulator, so debootstrap runs both stages at once.
+		"${CHROOT_PREFIX[@]}" debootstrap --arch="$ARCH" --include=ca-certificates "$SUITE" \
+			"$ROOT" "$MIRROR"
+	else
+		debootstrap --arch="$ARCH" --foreign --include=ca-certificates "$SUITE" "$ROOT" "$MIRROR"
+		if [ "$QEMU_FIXED" = 0 ]; then
+			install -m 755 "$QEMU_BIN" "$ROOT$QEMU_BIN"
+		fi
+		# The second stage mounts /proc and /sys in the root itself and unmounts them at the end.
+		chroot "$ROOT" /debootstrap/debootstrap --second-stage
 	fi
-	# The second stage mounts /proc and /sys in the root itself and unmounts them at the end.
-	chroot "$ROOT" /debootstrap/debootstrap --second-stage
 	touch "$ROOT/$ROOT_MARKER"
 }
 
@@ -342,8 +397,12 @@ install_in_root() {
 	# package is the copied source.
 	local site
 	site=$(echo "$ROOT$PREFIX_IN_ROOT"/lib/python3*/site-packages)
-	diff -rq -x __pycache__ -x convert "$ROOT$SRC_IN_ROOT/edge_etc" "$site/edge_etc" ||
+	# The compiled fast path (_fastpath.*.so) exists only in the installed package.
+	diff -rq -x __pycache__ -x convert -x "*.so" "$ROOT$SRC_IN_ROOT/edge_etc" "$site/edge_etc" ||
 		die "the edge_etc package in $PREFIX_IN_ROOT differs from $SRC_IN_ROOT"
+	# The extension is optional, so pip goes on without it when it does not compile.
+	compgen -G "$site/edge_etc/_fastpath.*.so" >/dev/null ||
+		die "pip did not build the compiled fast path in the root; see its output above"
 }
 
 # Give the root a /proc/cpuinfo that describes the emulated CPU, and mount /sys.
@@ -406,12 +465,15 @@ for name in ("numpy", "ai-edge-litert", "pypcap", "click", "edge-etc"):
 		"| libpcap $(dpkg-query -W -f '${Version}' libpcap0.8 2>/dev/null || echo unknown)"
 	"$(dirname "$HOST_EDGE_ETC")/python" -c "$probe"
 	"$(dirname "$HOST_EDGE_ETC")/python" -c 'import edge_etc; print("  edge_etc from:", edge_etc.__file__)'
-	echo "arm64 root:"
+	echo "$ARCH root:"
 	# shellcheck disable=SC2016 # dpkg-query expands ${Version} itself.
 	echo "  uname -m: $(in_root uname -m) | Debian $(cat "$ROOT/etc/debian_version")" \
-		"| libpcap $(in_root dpkg-query -W -f '${Version}' libpcap0.8)"
+		"| libpcap $(in_root dpkg-query -W -f '${Version}' libpcap0.8)" \
+		"| gcc $(in_root gcc -dumpfullversion)"
 	in_root "$PREFIX_IN_ROOT/bin/python" -c "$probe"
-	echo "  qemu: $(/usr/bin/qemu-aarch64-static --version | head -n 1), CPU $CPU ($CPU_DESCRIPTION)"
+	if [ -n "$QEMU_NAME" ]; then
+		echo "  qemu: $("$QEMU_BIN" --version | head -n 1), CPU $CPU ($CPU_DESCRIPTION)"
+	fi
 }
 
 copy_captures() {
@@ -432,7 +494,7 @@ copy_captures() {
 	log "copied ${#NAMES[@]} captures to $WORK_IN_ROOT/in in the root"
 }
 
-# Classify every capture with backend $2 on side $1 (arm64 or host). The records go to
+# Classify every capture with backend $2 on side $1 ($ARCH or host). The records go to
 # $ROOT$WORK_IN_ROOT/$1-$2/NAME.jsonl and stderr to NAME.log.
 classify_all() {
 	local side=$1 backend=$2 out=$ROOT$WORK_IN_ROOT/$1-$2 name t0 status failed=0
@@ -442,7 +504,7 @@ classify_all() {
 		status=0
 		# The debug level logs the interpreter's own lines, such as the creation of the
 		# XNNPACK delegate.
-		if [ "$side" = arm64 ]; then
+		if [ "$side" = "$ARCH" ]; then
 			in_root "$PREFIX_IN_ROOT/bin/edge-etc" run --backend "$backend" --log-level debug \
 				--pcap "$WORK_IN_ROOT/in/$name" >"$out/$name.jsonl" 2>"$out/$name.log" || status=$?
 		else
@@ -537,12 +599,142 @@ if mode == "exact":
 EOF
 }
 
+# Set `different`, for exit code 3, when compare_runs or compare_windows exited 3; stop on
+# any other nonzero code.
+record_comparison() {
+	case $1 in
+	0) ;;
+	3) different=1 ;;
+	*) die "the comparison failed (exit $1)" ;;
+	esac
+}
+
+# The numpy backend's int8 outputs on every window of the corpus, the windows built on this
+# host and in the root, and the comparison. Arguments: build CORPUS OUT.npy | infer
+# WINDOWS.npy OUT_PREFIX BACKEND... (numpy-xnnpack, numpy-reference, litert) | compare DIR
+# ARCH. compare prints the counts and exits 3 when an output differs.
+WINDOWS_PY='
+import sys
+import time
+
+import numpy as np
+
+mode = sys.argv[1]
+if mode == "build":
+    from edge_etc.convert import dataset
+    from edge_etc.model import default_model_path, load_model_info
+
+    model = load_model_info(default_model_path())
+    started = time.monotonic()
+    windows = dataset.build_windows(sys.argv[2], model.preprocessing,
+                                    max_windows_per_flow=2**31 - 1)
+    np.save(sys.argv[3], windows.x)
+    print("  built %d windows of %d flows in %.1f s"
+          % (len(windows.x), len(set(windows.flow.tolist())), time.monotonic() - started))
+elif mode == "infer":
+    from edge_etc.infer import input_lut
+    from edge_etc.model import default_model_path, load_model_info
+
+    raw = np.load(sys.argv[2])
+    model = load_model_info(default_model_path())
+    batch = 64
+    for backend in sys.argv[4:]:
+        if backend == "litert":
+            from ai_edge_litert.interpreter import Interpreter
+
+            interpreter = Interpreter(model_content=model.data, num_threads=1)
+        else:
+            from edge_etc.numpy_backend import Interpreter
+
+            interpreter = Interpreter(model_content=model.data,
+                                      kernels=backend.split("-", 1)[1])
+        detail = interpreter.get_input_details()[0]
+        shape = list(detail["shape"])
+        shape[0] = batch
+        interpreter.resize_tensor_input(detail["index"], shape)
+        interpreter.allocate_tensors()
+        output = interpreter.get_output_details()[0]["index"]
+        x = input_lut(*detail["quantization"])[raw]
+        started = time.monotonic()
+        results = []
+        for start in range(0, len(x), batch):
+            padded = np.zeros((batch,) + x.shape[1:], np.int8)
+            padded[:len(x[start:start + batch])] = x[start:start + batch]
+            interpreter.set_tensor(detail["index"], padded)
+            interpreter.invoke()
+            results.append(interpreter.get_tensor(output)[:len(x[start:start + batch])].copy())
+        np.save("%s-%s.npy" % (sys.argv[3], backend), np.concatenate(results))
+        print("  %s: %d windows in %.1f s" % (backend, len(x), time.monotonic() - started))
+else:
+    folder, arch = sys.argv[2], sys.argv[3]
+    host_windows = np.load(folder + "/host-windows.npy")
+    root_windows = np.load(folder + "/root-windows.npy")
+    if host_windows.shape != root_windows.shape:
+        print("  windows: %s on the host, %s in the root" % (host_windows.shape, root_windows.shape))
+    else:
+        where = np.argwhere(host_windows != root_windows)
+        offsets = sorted(set(where[:, 2].tolist()))
+        print("  windows built in the root against the host: %d of %d differ, in %d bytes at"
+              " vector offsets %s" % (len(set(where[:, 0].tolist())), len(host_windows),
+                                     len(where), offsets))
+    differ = 0
+    for root_backend, host_backend in (("numpy-xnnpack", "numpy-xnnpack"),
+                                       ("numpy-xnnpack", "litert"),
+                                       ("numpy-reference", "numpy-reference")):
+        ours = np.load("%s/root-%s.npy" % (folder, root_backend)).astype(np.int32)
+        theirs = np.load("%s/host-%s.npy" % (folder, host_backend)).astype(np.int32)
+        steps = np.abs(ours - theirs).max(axis=1)
+        labels = int(np.sum(ours.argmax(axis=1) != theirs.argmax(axis=1)))
+        differ += int(np.sum(steps > 0))
+        print("  %s %s against host %s, on the host windows: %d of %d windows differ,"
+              " by up to %d steps; %d window labels differ"
+              % (arch, root_backend, host_backend, int(np.sum(steps > 0)), len(steps),
+                 int(steps.max(initial=0)), labels))
+    sys.exit(3 if differ else 0)
+'
+
+# Compare the numpy backend of the root with that of the host, and with ai-edge-litert on
+# the host, on every window of the corpus. Returns 3 when an int8 output differs.
+compare_windows() {
+	local dir=$ROOT$WORK_IN_ROOT/windows host_python status=0
+	host_python=$(dirname "$HOST_EDGE_ETC")/python
+	mkdir -p "$dir"
+	echo "host:"
+	"$host_python" -c "$WINDOWS_PY" build "$CORPUS" "$dir/host-windows.npy"
+	"$host_python" -c "$WINDOWS_PY" infer "$dir/host-windows.npy" "$dir/host" numpy-xnnpack \
+		numpy-reference litert 2>"$dir/host-infer.log" || {
+		tail -n 5 "$dir/host-infer.log" >&2
+		die "inference on the host failed"
+	}
+	echo "$ARCH root:"
+	in_root "$PREFIX_IN_ROOT/bin/python" -c "$WINDOWS_PY" build "$CORPUS_IN_ROOT" \
+		"$WORK_IN_ROOT/windows/root-windows.npy"
+	in_root "$PREFIX_IN_ROOT/bin/python" -c "$WINDOWS_PY" infer \
+		"$WORK_IN_ROOT/windows/host-windows.npy" "$WORK_IN_ROOT/windows/root" numpy-xnnpack \
+		numpy-reference
+	"$host_python" -c "$WINDOWS_PY" compare "$dir" "$ARCH" || status=$?
+	return "$status"
+}
+
+# Run the repository's tests in the root with the installed edge-etc. pytest and hypothesis
+# come from PyPI into the venv, tcpreplay and iproute2 from Debian for the live-capture
+# tests. Returns pytest's exit code.
+run_tests_in_root() {
+	local status=0
+	in_root apt-get install -y -q --no-install-recommends tcpreplay iproute2 >/dev/null
+	in_root "$PREFIX_IN_ROOT/bin/pip" install -q pytest hypothesis
+	# From /tmp, so that pytest imports the installed edge_etc and not the copied source.
+	in_root sh -c "cd /tmp && $PREFIX_IN_ROOT/bin/python -m pytest -q -p no:cacheprovider -rfEs \
+		$SRC_IN_ROOT/tests" | tee "$ROOT$WORK_IN_ROOT/tests.log" || status=$?
+	return "$status"
+}
+
 main() {
 	parse_args "$@"
 	[ "$(id -u)" -eq 0 ] || die "run as root: debootstrap, chroot and mount need it"
-	[ "$(uname -m)" = x86_64 ] || die "this script compares arm64 with an x86_64 host, not $(uname -m)"
+	[ "$(uname -m)" = x86_64 ] || die "this script compares $ARCH with an x86_64 host, not $(uname -m)"
 
-	log "root: $ROOT | mirror: $MIRROR | host edge-etc: $HOST_EDGE_ETC | source: $SOURCE_KIND | CPU: $CPU"
+	log "arch: $ARCH | root: $ROOT | mirror: $MIRROR | host edge-etc: $HOST_EDGE_ETC | source: $SOURCE_KIND | CPU: ${CPU:-native}"
 	mkdir -p "$(dirname "$ROOT")"
 	exec 9>"$ROOT.lock"
 	flock -n 9 || die "$ROOT.lock is locked: another run uses $ROOT; wait for it to finish"
@@ -554,13 +746,31 @@ main() {
 	install_host_tools
 	step_end
 
-	step_start "2 debootstrap arm64 root"
+	step_start "2 debootstrap $ARCH root"
 	build_root
+	local machine
+	machine=$(in_root uname -m)
+	[ "$machine" = "$MACHINE" ] || die "uname -m prints $machine in the $ARCH root, not $MACHINE"
 	step_end
 
+	if [ "$WITH_TESTS" = 1 ]; then
+		# The live-capture tests call `ip -n NAME`, which remounts / in a new mount namespace
+		# and fails unless / is a mount point. A private bind mount of the root onto itself
+		# makes it one. It comes first, because it would hide the mounts made before it.
+		mount_in_root "" --bind "$ROOT"
+		mount --make-private "$ROOT"
+	fi
 	mount_in_root /proc -t proc proc
 	mount_in_root /dev --bind /dev
 	mount_in_root /dev/pts --bind /dev/pts
+	CORPUS_IN_ROOT=$(dirname "$SRC_IN_ROOT")/shared/corpus
+	if [ "$WITH_WINDOWS" = 1 ] || [ "$WITH_TESTS" = 1 ]; then
+		# Where the tests look for the corpus and the hard inputs: ../shared beside the source.
+		mount_in_root "$CORPUS_IN_ROOT" --bind -o ro "$CORPUS"
+		if [ -d "$CORPUS/../cases" ]; then
+			mount_in_root "$(dirname "$CORPUS_IN_ROOT")/cases" --bind -o ro "$CORPUS/../cases"
+		fi
+	fi
 
 	step_start "3 copy source, install.sh in the root"
 	copy_source
@@ -569,24 +779,28 @@ main() {
 
 	step_start "4 CPU identity, versions"
 	CPU_DESCRIPTION="the host's x86 /proc/cpuinfo, no /sys"
-	[ "$X86_CPUINFO" = 1 ] || set_up_cpu_identity
+	if [ "$ARCH" = arm64 ] && [ "$X86_CPUINFO" = 0 ]; then
+		set_up_cpu_identity
+	fi
 	print_versions
 	step_end
 
 	copy_captures
-	local failed=0 different=0 status
+	local failed=0 different=0 tests_failed=0 status
 
-	step_start "5 arm64 run, litert"
-	classify_all arm64 litert || failed=1
-	step_end
+	if [ "$LITERT_IN_ROOT" = 1 ]; then
+		step_start "5 $ARCH run, litert"
+		classify_all "$ARCH" litert || failed=1
+		step_end
+	fi
 
 	step_start "6 host run, litert"
 	classify_all host litert || failed=1
 	step_end
 
 	if [ "$WITH_NUMPY" = 1 ]; then
-		step_start "7 arm64 run, numpy"
-		classify_all arm64 numpy || failed=1
+		step_start "7 $ARCH run, numpy"
+		classify_all "$ARCH" numpy || failed=1
 		step_end
 
 		step_start "8 host run, numpy"
@@ -596,27 +810,39 @@ main() {
 	[ "$failed" = 0 ] || die "edge-etc failed on some captures; the logs are in $ROOT$WORK_IN_ROOT"
 
 	local work=$ROOT$WORK_IN_ROOT
-	echo "arm64 litert against host litert, every field of every record:"
-	status=0
-	compare_runs "$work/arm64-litert" "$work/host-litert" exact || status=$?
-	case $status in
-	0) ;;
-	3) different=1 ;;
-	*) die "the comparison failed (exit $status)" ;;
-	esac
-	if [ "$WITH_NUMPY" = 1 ]; then
-		echo "arm64 numpy against host numpy, every field of every record:"
+	if [ "$LITERT_IN_ROOT" = 1 ]; then
+		echo "$ARCH litert against host litert, every field of every record:"
 		status=0
-		compare_runs "$work/arm64-numpy" "$work/host-numpy" exact || status=$?
-		case $status in
-		0) ;;
-		3) different=1 ;;
-		*) die "the comparison failed (exit $status)" ;;
-		esac
-		echo "arm64 numpy against host litert, labels:"
-		compare_runs "$work/arm64-numpy" "$work/host-litert" labels
+		compare_runs "$work/$ARCH-litert" "$work/host-litert" exact || status=$?
+		record_comparison "$status"
+	fi
+	if [ "$WITH_NUMPY" = 1 ]; then
+		echo "$ARCH numpy against host numpy, every field of every record:"
+		status=0
+		compare_runs "$work/$ARCH-numpy" "$work/host-numpy" exact || status=$?
+		record_comparison "$status"
+		echo "$ARCH numpy against host litert, labels:"
+		compare_runs "$work/$ARCH-numpy" "$work/host-litert" labels
+	fi
+
+	if [ "$WITH_WINDOWS" = 1 ]; then
+		step_start "9 corpus windows, int8 outputs"
+		status=0
+		compare_windows || status=$?
+		record_comparison "$status"
+		step_end
+	fi
+
+	if [ "$WITH_TESTS" = 1 ]; then
+		step_start "10 tests in the $ARCH root"
+		run_tests_in_root || tests_failed=1
+		step_end
 	fi
 	log "records and logs: $work"
+	if [ "$tests_failed" = 1 ]; then
+		log "some tests failed in the root; see $work/tests.log"
+		exit 4
+	fi
 	if [ "$different" = 1 ]; then
 		exit 3
 	fi
