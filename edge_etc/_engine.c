@@ -717,7 +717,9 @@ static Py_ssize_t next_record(const unsigned char *data, Py_ssize_t len, Py_ssiz
     if (at < 0 || len - at < 16)
         return -1;
     uint32_t caplen = read_u32(data + at + 8, little);
-    if ((Py_ssize_t)caplen > len - at - 16)
+    /* Compared unsigned: where Py_ssize_t has 32 bits, a caplen from 2**31 on would turn
+     * negative and point back into the buffer. */
+    if (caplen > (size_t)(len - at - 16))
         return -1;
     return at + 16 + (Py_ssize_t)caplen;
 }
