@@ -49,14 +49,15 @@ def corpus():
     return CORPUS
 
 
-def default_sigint():
-    """Give a child the default SIGINT action (a `preexec_fn`).
+def default_signals():
+    """Give a child the default SIGINT and SIGHUP actions (a `preexec_fn`).
 
-    edge-etc keeps a signal ignored when its parent ignores it, and pytest run as a
-    background job of a non-interactive shell ignores SIGINT. Tests that stop the command
-    with SIGINT start it with this.
+    edge-etc keeps a signal ignored when its parent ignores it. pytest run as a background
+    job of a non-interactive shell ignores SIGINT, and under nohup it ignores SIGHUP. Tests
+    that send the command either signal start it with this.
     """
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
 
 
 def assert_same_driver_lines(fast, slow):
