@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from conftest import case, corpus, default_sigint, end_process, reaped, run_cli  # noqa: F401 (corpus is a fixture)
+from conftest import case, corpus, default_signals, end_process, reaped, run_cli  # noqa: F401 (corpus is a fixture)
 
 PCAP = case("eth_tls_2flows.pcap")
 PCAP_HEADER_BYTES = 24
@@ -41,7 +41,7 @@ def test_file_run_stopped_by_signal_exit_code(tmp_path, signum, code):
     with open(err_path, "w") as err:
         proc = subprocess.Popen([sys.executable, "-m", "edge_etc", "run", "--pcap", "-",
                                  "-o", str(out)], stdin=subprocess.PIPE, stderr=err,
-                                preexec_fn=default_sigint)
+                                preexec_fn=default_signals)
     try:
         proc.stdin.write(header + records)
         proc.stdin.flush()
@@ -79,7 +79,7 @@ def test_signal_before_input_opens_exit_code(signum, code):
     own handlers exist: one line and 128 + N, not click's "Aborted!" or a traceback."""
     proc = subprocess.Popen([sys.executable, "-m", "edge_etc", "run", "--pcap", "-",
                              "-o", os.devnull], stdin=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, preexec_fn=default_sigint)
+                            text=True, preexec_fn=default_signals)
     with reaped(proc):
         time.sleep(2)  # start-up takes about 0.2 s; the run then blocks reading stdin
         assert proc.poll() is None
@@ -95,7 +95,8 @@ def test_summary_and_reopen_requests_during_start_up(tmp_path):
     header, records = pcap_parts(PCAP)
     out = tmp_path / "flows.jsonl"
     proc = subprocess.Popen([sys.executable, "-m", "edge_etc", "run", "--pcap", "-",
-                             "-o", str(out)], stdin=subprocess.PIPE, stderr=subprocess.PIPE)
+                             "-o", str(out)], stdin=subprocess.PIPE, stderr=subprocess.PIPE,
+                            preexec_fn=default_signals)
     with reaped(proc):
         time.sleep(2)  # start-up takes about 0.2 s; the run then blocks reading stdin
         assert proc.poll() is None
@@ -114,7 +115,7 @@ def start_stdin_run(**popen_args):
     """Start `edge-etc run --pcap -` with pipes for its standard streams."""
     return subprocess.Popen([sys.executable, "-m", "edge_etc", "run", "--pcap", "-"],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, preexec_fn=default_sigint, **popen_args)
+                            stderr=subprocess.PIPE, preexec_fn=default_signals, **popen_args)
 
 
 def write_until_decided(proc, data):

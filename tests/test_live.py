@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from conftest import CORPUS, case, default_sigint, run_cli
+from conftest import CORPUS, case, default_signals, run_cli
 
 pytestmark = pytest.mark.live
 
@@ -46,7 +46,7 @@ def start_runner(rx, *extra):
     proc = subprocess.Popen(["ip", "netns", "exec", rx, sys.executable, "-m", "edge_etc", "run",
                              "--iface", "veth-rx", *extra],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            preexec_fn=default_sigint)
+                            preexec_fn=default_signals)
     # Wait until the capture is open.
     deadline = time.time() + 30
     lines = []
