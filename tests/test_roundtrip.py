@@ -18,7 +18,7 @@ def test_train_convert_run(corpus, tmp_path):
     r = run_cli("train", "-o", str(out), "--epochs", "2", "--limit-captures", "30", "-q", env=env, timeout=900)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "macro-F1" in r.stdout
-    # TensorFlow prints these notes while it loads, whatever TF_CPP_MIN_LOG_LEVEL says.
+    # TensorFlow prints these notes while it loads, whatever TF_CPP_MIN_LOG_LEVEL is set to.
     assert "absl::InitializeLog" not in r.stderr, r.stderr
     assert "oneDNN" not in r.stderr, r.stderr
     meta = json.loads((out / "model.json").read_text())
