@@ -216,7 +216,8 @@ class Evaluation:
                 p_int8 = classifier.predict([w.tobytes() for w in x_test])
                 out["int8_windows"].append(per_class_report(data.y[test][labelled], p_int8[labelled].argmax(1), data.classes))
                 ids8, pred8, _ = _flow_confidence(p_int8, data, test, self.max_windows)
-                assert np.array_equal(ids8, ids)  # the same flows, in the same order
+                # Both decision lists cover the same flows in the same order.
+                assert np.array_equal(ids8, ids)
                 labels8 = data.flow_label[ids8]
                 out["int8"].append(per_class_report(labels8[labels8 >= 0], pred8[labels8 >= 0], data.classes))
                 all_int8.append(pred8[labels8 >= 0])

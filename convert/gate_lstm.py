@@ -82,7 +82,11 @@ def _replaceable(layer):
 
 def gate_lstm_copy(model):
     """Return a copy of `model` in which a GateLSTM with the same weights replaces every Keras
-    LSTM that returns its last state. Return `model` itself when it has no such LSTM."""
+    LSTM that returns its last state. Return `model` itself when it has no such LSTM.
+
+    NOTE: only the model's own layers are searched, so an LSTM inside a nested model is not
+    written out per gate. No model with a nested LSTM was tried.
+    """
     import logging
 
     log = logging.getLogger(__name__)
