@@ -15,6 +15,10 @@ Baselines, on the same folds and the same flows:
 - statistics: a random forest on the three packets' payload sizes, directions and gaps, with
   and without the server port.
 
+The flows are also scored with 1, 2, 3, 5 and 8 windows per decision (DECISION_DEPTHS), from
+the same trained models, and every test window's probabilities are written to
+probabilities.npz for other analyses of decision rules.
+
 Flows the model does not know (`background` and `unknown` in FLOWS.tsv) are scored apart:
 how often they get a confident label. The confidence threshold under which the runner says
 "unknown" is chosen on each fold's inner validation captures.
@@ -80,6 +84,10 @@ MAX_CORRECT_REJECTED = 0.05
 
 # Seed offset between repeats of the folds (see `Evaluation.run_model`).
 REPEAT_SEED_STEP = 1000
+
+# Windows per flow decision (the runner's --max-windows) scored beside the chosen one, from
+# the same trained models, so the decision rules are compared without training noise.
+DECISION_DEPTHS = (1, 2, 3, 5, 8)
 
 
 def choose_threshold(confidence, correct, is_background, max_rejected=MAX_CORRECT_REJECTED):
@@ -148,8 +156,12 @@ class Evaluation:
         data = self.data
         out = {"float": [], "int8": [], "thresholds": [], "background": [],
                "float_windows": [], "int8_windows": [], "int8_changed": [], "repeat": [],
-               "repeat_float": [], "repeat_int8": []}
+               "repeat_float": [], "repeat_int8": [],
+               "depths": {str(d): {"float": [], "int8": [], "repeat_float": [], "repeat_int8": []}
+                          for d in DECISION_DEPTHS}}
         pooled = {"true": [], "float": [], "int8": [], "seen": []}
+        # Every test window's class probabilities, for analyses of decision rules.
+        self.saved = {"repeat": [], "fold": [], "window": [], "float": [], "int8": []}
         for r in range(self.repeats):
             self._run_repeat(r, out, pooled)
         true = np.concatenate(pooled["true"])
@@ -167,6 +179,7 @@ class Evaluation:
 
         data = self.data
         all_true, all_float, all_int8 = [], [], []
+        by_depth = {d: {"true": [], "float": [], "int8": []} for d in DECISION_DEPTHS}
         for f in range(self.k):
             train_idx, test_idx = self.split(f)
             started = time.time()
@@ -224,6 +237,14 @@ class Evaluation:
                 # The labelled flows whose decision differs between int8 and float.
                 out["int8_changed"].append({"flows": int(known.sum()),
                                             "changed": int((pred8[labels8 >= 0] != pred[known]).sum())})
+            probs = {"float": p_float, "int8": p_int8} if self.int8 else {"float": p_float}
+            self._score_depths(probs, test, out["depths"], by_depth)
+            window_ids = np.flatnonzero(test)
+            self.saved["repeat"].append(np.full(len(window_ids), r, np.int16))
+            self.saved["fold"].append(np.full(len(window_ids), f, np.int16))
+            self.saved["window"].append(window_ids)
+            for kind, p in probs.items():
+                self.saved[kind].append(p.astype(np.float32))
             log.info("%s, %sfold %d: flow macro-F1 float %.3f%s (%.0f s)", self.name,
                      f"repeat {r}, " if self.repeats > 1 else "", f, out["float"][-1]["macro_f1"],
                      f", int8 {out['int8'][-1]['macro_f1']:.3f}" if self.int8 else "", time.time() - started)
@@ -234,6 +255,36 @@ class Evaluation:
         if self.int8:
             out["repeat_int8"].append(per_class_report(true, np.concatenate(all_int8), data.classes)["macro_f1"])
             pooled["int8"].append(np.concatenate(all_int8))
+        for d, parts in by_depth.items():
+            true = np.concatenate(parts["true"])
+            for kind in ("float", "int8"):
+                if parts[kind]:
+                    out["depths"][str(d)][f"repeat_{kind}"].append(
+                        per_class_report(true, np.concatenate(parts[kind]), data.classes)["macro_f1"])
+
+    def save_probabilities(self, path):
+        """Write every test window's float (and int8) class probabilities of `run_model`
+        to `path` (.npz), with its repeat, fold, flow, position in the flow and the labels."""
+        data = self.data
+        arrays = {key: np.concatenate(v) for key, v in self.saved.items() if v}
+        w = arrays["window"]
+        np.savez_compressed(path, **arrays, flow=data.flow[w], position=data.position[w],
+                            capture=data.capture[w], y=data.y[w], flow_label=data.flow_label,
+                            flow_capture=data.flow_capture, classes=np.array(data.classes))
+
+    def _score_depths(self, probs, test, depths, by_depth):
+        """Score one fold's flows with each decision depth in DECISION_DEPTHS."""
+        data = self.data
+        for d in DECISION_DEPTHS:
+            for kind, p in probs.items():
+                true, pred, _ = flow_decisions(p, data.flow[test], data.position[test],
+                                               data.flow_label, d)
+                known = true >= 0
+                depths[str(d)][kind].append(
+                    per_class_report(true[known], pred[known], data.classes)["macro_f1"])
+                if kind == "float":
+                    by_depth[d]["true"].append(true[known])
+                by_depth[d][kind].append(pred[known])
 
     def run_port_baseline(self):
         data = self.data
@@ -361,6 +412,36 @@ def application_text(results):
     return lines
 
 
+def depth_rows(result):
+    """Return per decision depth: windows, mean macro-F1 over repeats (float, int8) and the
+    largest float/int8 gap on a fold, from `run_model`'s "depths"."""
+    rows = []
+    for d, r in result.get("depths", {}).items():
+        if not r["repeat_float"]:
+            continue
+        row = {"windows": int(d), "float": round(float(np.mean(r["repeat_float"])), 4),
+               "repeat_float": r["repeat_float"]}
+        if r["repeat_int8"]:
+            row["int8"] = round(float(np.mean(r["repeat_int8"])), 4)
+            row["repeat_int8"] = r["repeat_int8"]
+            row["largest_fold_gap"] = round(max(abs(a - b) for a, b in zip(r["float"], r["int8"])), 4)
+        rows.append(row)
+    return rows
+
+
+def depth_text(result):
+    rows = depth_rows(result)
+    if not rows:
+        return []
+    lines = ["Windows per flow decision (--max-windows), same trained models:",
+             f"{'windows':<9}{'float':>8}{'int8':>8}{'largest fold gap':>18}   float per repeat"]
+    for r in rows:
+        int8 = f"{r['int8']:>8.3f}{r['largest_fold_gap']:>18.3f}" if "int8" in r else " " * 26
+        lines.append(f"{r['windows']:<9}{r['float']:>8.3f}{int8}   "
+                     + " ".join(f"{v:.3f}" for v in r["repeat_float"]))
+    return lines
+
+
 def save_confusion_png(report, classes, path, title):
     import matplotlib
     matplotlib.use("Agg")
@@ -446,6 +527,7 @@ def evaluate_command(corpus, output, preset, seed, vector_bytes, window_rule, no
     results["applications"] = {"names": len(per_application),
                                 "in_one_capture": sum(n == 1 for n in per_application.values())}
     results["cnn_lstm"] = ev.run_model()
+    ev.save_probabilities(os.path.join(output, "probabilities.npz"))
     rows = [_summary_row("CNN-LSTM float", results["cnn_lstm"], "overall_float")]
     if int8:
         rows.append(_summary_row("CNN-LSTM int8", results["cnn_lstm"], "overall_int8"))
@@ -500,6 +582,9 @@ def evaluate_command(corpus, output, preset, seed, vector_bytes, window_rule, no
              f"({wrong / total:.1%})" if total else "background/unknown flows: none",
              "thresholds per fold: " + ", ".join(f"{b['threshold']:.2f}" for b in bg)]
     text += ["", *application_text(results)]
+    depths = depth_text(results["cnn_lstm"])
+    if depths:
+        text += ["", *depths]
     with open(os.path.join(output, "evaluation.txt"), "w") as f:
         f.write("\n".join(text) + "\n")
     save_confusion_png(results["cnn_lstm"]["overall_float"], classes,

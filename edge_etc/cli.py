@@ -445,7 +445,8 @@ def train(corpus, seed, vector_bytes, window_rule, no_server_port, context, port
 @main.command()
 @_preprocessing_options
 @click.option("-o", "--output", metavar="DIR", default="evaluation", show_default=True,
-              help="Folder for evaluation.json, evaluation.txt and confusion matrices.")
+              help="Folder for evaluation.json, evaluation.txt, confusion matrices and "
+              "probabilities.npz (every test window's class probabilities).")
 @click.option("--preset", type=click.Choice(["full", "ci"]), default="full", show_default=True,
               help="full: 5 folds, 15 epochs, 3 training repeats; ci: 2 folds, 2 epochs, 30 "
                    "captures, 1 repeat.")

@@ -37,3 +37,42 @@ def test_baseline_row_has_one_repeat():
     assert row["macro_f1"] == pytest.approx(0.42)
     assert row["repeat_macro_f1"] == [0.42]
     assert row["fold_macro_f1"] == pytest.approx([0.3, 0.5])
+
+
+def test_decision_depths_score_the_same_windows_with_more_of_each_flow():
+    import types
+
+    import numpy as np
+
+    from edge_etc.convert.evaluate import DECISION_DEPTHS, Evaluation, depth_rows
+
+    # Flow 0 (class 0): its first window leans to class 1, its next two to class 0.
+    # Flow 1 (class 1): every window says class 1. Flow 2 is background (-1).
+    ev = Evaluation.__new__(Evaluation)
+    ev.data = types.SimpleNamespace(
+        flow=np.array([0, 0, 0, 1, 1, 2]), position=np.array([0, 1, 2, 0, 1, 0]),
+        flow_label=np.array([0, 1, -1]), classes=["A", "B"])
+    p = np.array([[0.4, 0.6], [0.9, 0.1], [0.9, 0.1], [0.2, 0.8], [0.3, 0.7], [0.5, 0.5]])
+    test = np.ones(6, dtype=bool)
+    depths = {str(d): {"float": [], "int8": [], "repeat_float": [], "repeat_int8": []}
+              for d in DECISION_DEPTHS}
+    by_depth = {d: {"true": [], "float": [], "int8": []} for d in DECISION_DEPTHS}
+    ev._score_depths({"float": p, "int8": p[:, ::-1].copy()}, test, depths, by_depth)
+    # One window: flow 0 is called B, so class A has no hit. Three: both flows right.
+    assert depths["1"]["float"] == [pytest.approx(1 / 3, abs=1e-3)]
+    assert depths["3"]["float"] == [1.0]
+    assert depths["8"]["float"] == [1.0]
+    # The background flow is not scored; the true labels are the labelled flows only.
+    assert list(by_depth[1]["true"][0]) == [0, 1]
+    assert list(by_depth[3]["float"][0]) == [0, 1]
+    assert list(by_depth[3]["int8"][0]) == [1, 0]
+
+    for d in DECISION_DEPTHS:
+        depths[str(d)]["repeat_float"] = [depths[str(d)]["float"][0]]
+        depths[str(d)]["repeat_int8"] = [depths[str(d)]["int8"][0]]
+    rows = {r["windows"]: r for r in depth_rows({"depths": depths})}
+    assert rows[3]["float"] == 1.0 and rows[3]["int8"] == 0.0
+    assert rows[3]["largest_fold_gap"] == 1.0
+    # At one window int8 gets the other flow wrong instead: the same score, no gap.
+    assert rows[1]["int8"] == pytest.approx(1 / 3, abs=1e-3)
+    assert rows[1]["largest_fold_gap"] == 0.0

@@ -4,6 +4,7 @@ converter's handling of models it must unroll or reject. Needs the training extr
 import json
 import os
 
+import numpy as np
 import pytest
 
 from conftest import case, run_cli
@@ -45,7 +46,6 @@ def test_members_average_their_outputs():
     """A model of several members outputs the mean of the members' class probabilities, and
     training reaches each member's own output."""
     import keras
-    import numpy as np
 
     from convert.model import build_model, member_outputs
 
@@ -135,6 +135,23 @@ def test_evaluate_ci_preset(corpus, tmp_path):
                      for x, y in zip(split["seen"][key]["confusion"], split["unseen"][key]["confusion"])]
         assert confusion == overall["confusion"]
 
+    # The one-window row of the decision depths is the main decision; the saved window
+    # probabilities give it again.
+    depths = result["cnn_lstm"]["depths"]
+    assert depths["1"]["float"] == [r["macro_f1"] for r in result["cnn_lstm"]["float"]]
+    assert depths["1"]["int8"] == [r["macro_f1"] for r in result["cnn_lstm"]["int8"]]
+    assert "Windows per flow decision" in (out / "evaluation.txt").read_text()
+    saved = np.load(out / "probabilities.npz")
+    from edge_etc.convert.metrics import flow_decisions, per_class_report
+    for fold, report in enumerate(result["cnn_lstm"]["int8"]):
+        m = saved["fold"] == fold
+        true, pred, _ = flow_decisions(saved["int8"][m], saved["flow"][m], saved["position"][m],
+                                       saved["flow_label"], 1)
+        known = true >= 0
+        again = per_class_report(true[known], pred[known], list(saved["classes"]))
+        assert again["macro_f1"] == report["macro_f1"]
+        assert again["confusion"] == report["confusion"]
+
 
 def test_application_seen_by_name(corpus):
     """A flow counts as seen when another capture of its application is in training."""
@@ -199,7 +216,6 @@ def test_train_single_capture_per_class(corpus, tmp_path):
 def test_gate_lstm_copy_computes_the_same():
     """The per-gate LSTM that conversion swaps in gives the trained LSTM's outputs."""
     import keras
-    import numpy as np
 
     from edge_etc.convert.gate_lstm import GateLSTM, gate_lstm_copy
 
