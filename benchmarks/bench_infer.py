@@ -48,7 +48,10 @@ def main():
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--json")
     args = parser.parse_args()
-    model = load_model_info(args.model)
+    try:
+        model = load_model_info(args.model)
+    except EdgeEtcError as e:
+        raise SystemExit(f"bench_infer: {e}")
     rows = []
     for backend in args.backends.split(","):
         for batch in (int(b) for b in args.batches.split(",")):
