@@ -282,11 +282,13 @@ class CaptureFile:
             return raw
         return None
 
-    def _read_or_fail(self, n, what):
+    def _read_or_fail(self, n, what, before):
+        """Read the next `n` bytes of a part of which `before` bytes were read already; the
+        error counts the whole part, as a user would measure the file."""
         data = self._f.read(n)
         if len(data) < n:
             raise CaptureFileError(
-                f"{self.path}: truncated {what}: {len(data)} of {n} bytes")
+                f"{self.path}: truncated {what}: {before + len(data)} of {before + n} bytes")
         return data
 
     @property
@@ -300,7 +302,7 @@ class CaptureFile:
 
     def _start_pcap(self, magic):
         self._endian, self._tick = _PCAP_MAGICS[magic]
-        rest = self._read_or_fail(20, "file header")
+        rest = self._read_or_fail(20, "file header", before=4)
         major, _minor, _zone, _sigfigs, snaplen, linktype = struct.unpack(self._endian + "HHiIII", rest)
         if major != 2:
             raise CaptureFileError(f"{self.path}: unsupported pcap version {major}")
@@ -435,7 +437,7 @@ class CaptureFile:
         self._offset = 0
         self._interfaces = []
         self._endian = "<"
-        body = self._read_or_fail(8, "section header block")
+        body = self._read_or_fail(8, "section header block", before=4)
         bom = body[4:8]
         if bom == b"\x4d\x3c\x2b\x1a":
             self._endian = "<"
@@ -446,7 +448,7 @@ class CaptureFile:
         (length,) = struct.unpack(self._endian + "I", body[0:4])
         if length < 28 or length % 4 or length > MAX_BLOCK_BYTES:
             raise CaptureFileError(f"{self.path}: invalid pcapng section header length {length}")
-        self._read_or_fail(length - 12, "section header block")
+        self._read_or_fail(length - 12, "section header block", before=12)
         self._offset = length
         self._section_endian_pending = None
 

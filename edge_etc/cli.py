@@ -49,7 +49,8 @@ def fail(message, code):
 
 def _verbosity(f):
     f = click.option("-v", "--verbose", count=True, help="More log output (repeatable).")(f)
-    f = click.option("-q", "--quiet", count=True, help="Less log output (repeatable).")(f)
+    f = click.option("-q", "--quiet", count=True, help="Less log output (repeatable): -q keeps warnings and errors, "
+                     "so no summary line; -qq errors only.")(f)
     return f
 
 

@@ -102,6 +102,10 @@ def load_model_info(path):
             data = f.read()
     except OSError as e:
         raise ModelError(f"{path}: cannot read model file: {e.strerror}") from None
+    if not data:
+        raise ModelError(f"{path}: empty file, not a TFLite model")
+    if data[4:8] != b"TFL3":
+        raise ModelError(f"{path}: not a TFLite model (no TFL3 file identifier at byte 4)")
     try:
         tfl = TFLiteModel(data)
         meta = tfl.metadata()

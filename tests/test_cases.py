@@ -193,7 +193,7 @@ def test_long_flow_capped_windows():
 @pytest.mark.parametrize("name,message", [
     ("empty_zero_bytes.pcap", "empty file"),
     ("not_a_capture.pcap", "not a pcap or pcapng file (magic 47455420)"),
-    ("truncated_global_header.pcap", "truncated file header"),
+    ("truncated_global_header.pcap", "truncated file header: 12 of 24 bytes"),
 ])
 def test_bad_files_exit_2_one_line(name, message):
     r = run_cli("run", "--pcap", case(name))

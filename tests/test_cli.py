@@ -392,6 +392,38 @@ def test_summary_records_include_filtered():
     assert int(summary["packets"]) == int(summary["records"]) - int(summary["filtered"])
 
 
+def _bad_model(tmp_path, kind):
+    from edge_etc.model import default_model_path
+
+    path = tmp_path / "model.tflite"
+    if kind == "missing":
+        return path
+    if kind == "directory":
+        path.mkdir()
+        return path
+    data = {"empty": b"", "capture": open(PCAP, "rb").read(),
+            "cut": open(default_model_path(), "rb").read()[:1000]}[kind]
+    path.write_bytes(data)
+    return path
+
+
+@pytest.mark.parametrize("kind, problem", [
+    ("missing", "model file not found"),
+    ("directory", "is a directory, not a model file"),
+    ("empty", "empty file, not a TFLite model"),
+    ("capture", "not a TFLite model (no TFL3 file identifier at byte 4)"),
+    ("cut", "corrupt or truncated TFLite file"),
+])
+def test_run_names_a_bad_model_file_in_one_line(tmp_path, kind, problem):
+    path = _bad_model(tmp_path, kind)
+    proc = subprocess.run([sys.executable, "-m", "edge_etc", "run", "--pcap", PCAP, "--model", str(path)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stdout == ""
+    (line,) = proc.stderr.strip().splitlines()
+    assert line.startswith(f"edge-etc: error: {path}: {problem}"), line
+
+
 # --- training side -----------------------------------------------------------------------
 
 @pytest.mark.parametrize("args, expected", [
