@@ -475,6 +475,26 @@ def confusion_text(report, classes):
     return "\n".join(lines)
 
 
+def machine_info():
+    """Return what the figures of a run depend on: CPU, cores and software versions."""
+    import platform
+
+    from . import import_tensorflow_quietly
+
+    import_tensorflow_quietly()
+    import tensorflow as tf
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    return {"cpu": cpu, "arch": platform.machine(), "cores": os.cpu_count(),
+            "python": f"{platform.python_implementation()} {platform.python_version()}",
+            "tensorflow": tf.__version__, "numpy": np.__version__}
+
+
 def evaluate_command(corpus, output, preset, seed, vector_bytes, window_rule, no_server_port,
                      no_mask_addresses, context, window_packets, max_windows, first_only,
                      baselines, int8, port_buckets=None, class_power=None, weighting=None,
@@ -522,7 +542,8 @@ def evaluate_command(corpus, output, preset, seed, vector_bytes, window_rule, no
     results = {"flags": " ".join(flags), "settings": settings.to_dict(), "preset": preset, "folds": cfg["folds"],
                "epochs": cfg["epochs"], "seed": seed, "max_windows": max_windows,
                "first_only": first_only, "captures": len(captures), "repeats": repeats,
-               "members": members, "weighting": _weighting_text(ev.weighting, class_power)}
+               "members": members, "weighting": _weighting_text(ev.weighting, class_power),
+               "machine": machine_info()}
     per_application = collections.Counter(c.application.lower() for c in captures)
     results["applications"] = {"names": len(per_application),
                                 "in_one_capture": sum(n == 1 for n in per_application.values())}

@@ -122,6 +122,8 @@ def test_evaluate_ci_preset(corpus, tmp_path):
     assert (out / "confusion_float.png").stat().st_size > 0
     assert "flow macro-F1" in (out / "evaluation.txt").read_text()
     assert "retracing" not in r.stderr
+    assert result["machine"]["cores"] >= 1
+    assert result["machine"]["tensorflow"] == tf.__version__
     changed = result["cnn_lstm"]["int8_changed"]
     assert [c["flows"] for c in changed] == [r["support"] for r in result["cnn_lstm"]["float"]]
     assert all(0 <= c["changed"] <= c["flows"] for c in changed)
