@@ -1,22 +1,78 @@
 """Render docs/EVALUATION.md from the output folders of `edge-etc evaluate`.
 
-Usage: python docs/make_evaluation_page.py MAIN_DIR [NAME=ABLATION_DIR ...] [--notes FILE]
-           > docs/EVALUATION.md
+Usage: python docs/make_evaluation_page.py MAIN [NAME=ABLATION ...] [--notes FILE]
+           [--store DIR] > docs/EVALUATION.md
+       python docs/make_evaluation_page.py --stored DIR [--notes FILE] > docs/EVALUATION.md
 
-MAIN_DIR is a run with baselines and int8; each NAME=DIR is an ablation run, listed with
-the flags it was run with (read from its evaluation.json). FILE, a hand-written findings
-section, is appended after the tables (docs/evaluation/findings.md).
+MAIN is a run with baselines and int8; each NAME=ABLATION is an ablation run, listed with
+the flags it was run with. Each is an output folder of `edge-etc evaluate` or a JSON file
+of the kind --store writes. FILE, a hand-written findings section, is appended after the
+tables (docs/evaluation/findings.md).
+
+--store DIR writes what the page needs of each run into DIR: main.json and one
+ablation-NAME.json per ablation, with its summary row and flags only, and index.json, the
+ablations' names and files in order. --stored DIR renders the page again from DIR alone
+(docs/evaluation/runs/ in the repository).
 """
 
 import json
 import os
-import platform
 import sys
 
 
 def load(path):
-    with open(os.path.join(path, "evaluation.json")) as f:
+    if os.path.isdir(path):
+        path = os.path.join(path, "evaluation.json")
+    with open(path) as f:
         return json.load(f)
+
+
+def slug(name):
+    return "".join(c if c.isalnum() else "-" for c in name.lower())
+
+
+def store(directory, main_run, ablations):
+    """Write the runs the page is made of into `directory` (see the module docstring)."""
+    os.makedirs(directory, exist_ok=True)
+    with open(os.path.join(directory, "main.json"), "w") as f:
+        json.dump(main_run, f, indent=None, separators=(",", ":"))
+    index = []
+    for name, path in ablations:
+        index.append([name, f"ablation-{slug(name)}.json"])
+        run = load(path)
+        int8 = "overall_int8" in run.get("cnn_lstm", {})
+        kept = {key: run[key] for key in ("flags", "repeats", "seconds", "settings") if key in run}
+        kept["summary"] = run["summary"][:1]
+        kept["cnn_lstm"] = {"overall_int8": True} if int8 else {}
+        with open(os.path.join(directory, f"ablation-{slug(name)}.json"), "w") as f:
+            json.dump(kept, f, indent=1)
+            f.write("\n")
+    with open(os.path.join(directory, "index.json"), "w") as f:
+        json.dump(index, f, indent=1)
+        f.write("\n")
+
+
+def depth_section(w, ev):
+    """Write the table of flow scores by windows per decision, when the run has it."""
+    depths = ev["cnn_lstm"].get("depths")
+    if not depths:
+        return
+    w("## Windows per decision\n")
+    w("The runner decides on a flow's first complete window by default; with `--max-windows N` it "
+      "averages the class probabilities of the flow's first N windows. Every row scores the same "
+      "trained models (all repeats), so the rows differ only by the decision rule. A flow with "
+      "fewer windows than N is decided on the windows it has.\n")
+    w("| windows | float | int8 | largest float/int8 gap on a fold | float per repeat |")
+    w("| --- | --- | --- | --- | --- |")
+    for d, r in depths.items():
+        if not r["repeat_float"]:
+            continue
+        mean = sum(r["repeat_float"]) / len(r["repeat_float"])
+        int8 = sum(r["repeat_int8"]) / len(r["repeat_int8"]) if r["repeat_int8"] else None
+        gap = max(abs(a - b) for a, b in zip(r["float"], r["int8"])) if r["int8"] else None
+        w(f"| {d} | {mean:.3f} | {'' if int8 is None else f'{int8:.3f}'} | "
+          f"{'' if gap is None else f'{gap:.3f}'} | {' '.join(f'{v:.3f}' for v in r['repeat_float'])} |")
+    w("")
 
 
 def per_class_table(report):
@@ -59,14 +115,23 @@ def application_section(w, ev, repeats):
 
 def main():
     args = sys.argv[1:]
-    notes = None
-    if "--notes" in args:
-        at = args.index("--notes")
-        notes = args[at + 1]
-        del args[at:at + 2]
-    main_dir = args[0]
-    ablations = [arg.split("=", 1) for arg in args[1:]]
-    ev = load(main_dir)
+    options = {}
+    for option in ("--notes", "--store", "--stored"):
+        if option in args:
+            at = args.index(option)
+            options[option] = args[at + 1]
+            del args[at:at + 2]
+    notes = options.get("--notes")
+    if "--stored" in options:
+        stored = options["--stored"]
+        with open(os.path.join(stored, "index.json")) as f:
+            ablations = [(name, os.path.join(stored, file)) for name, file in json.load(f)]
+        args = [os.path.join(stored, "main.json")]
+    else:
+        ablations = [arg.split("=", 1) for arg in args[1:]]
+    ev = load(args[0])
+    if "--store" in options:
+        store(options["--store"], ev, ablations)
     classes = list(ev["cnn_lstm"]["overall_float"]["classes"])
     out = []
     w = out.append
@@ -136,6 +201,7 @@ def main():
     w("")
     if "by_application" in ev["cnn_lstm"]:
         application_section(w, ev, repeats)
+    depth_section(w, ev)
     bg = ev["cnn_lstm"]["background"]
     total = sum(b["flows"] for b in bg)
     wrong = sum(b["confident_wrong"] for b in bg)
@@ -179,10 +245,18 @@ def main():
         w(f"edge-etc evaluate -o ablation-{name.replace(' ', '-')} {a.get('flags', '')} "
           f"--repeats {a.get('repeats', 1)} --no-baselines{int8}")
     w("python docs/make_evaluation_page.py evaluation 'NAME=ablation-DIR' ... "
+      "--notes docs/evaluation/findings.md --store docs/evaluation/runs > docs/EVALUATION.md")
+    w("# or again from the runs stored in the repository:")
+    w("python docs/make_evaluation_page.py --stored docs/evaluation/runs "
       "--notes docs/evaluation/findings.md > docs/EVALUATION.md")
     w("```\n")
-    w(f"Machine: 2-core x86-64 VM, {platform.python_implementation()} {platform.python_version()}, "
-      f"TensorFlow 2.21 (CPU). The main run took {ev['seconds'] / 60:.0f} minutes; the whole page, "
+    m = ev.get("machine")
+    if m:
+        machine = (f"{m['cores']}-core {m['arch']} ({m['cpu']}), {m['python']}, TensorFlow "
+                   f"{m['tensorflow']} (CPU), numpy {m['numpy']}")
+    else:  # runs from before evaluate recorded its machine
+        machine = "not recorded by this run"
+    w(f"Machine: {machine}. The main run took {ev['seconds'] / 60:.0f} minutes; the whole page, "
       f"main run and ablations, took {(ev['seconds'] + sum(load(p)['seconds'] for _, p in ablations)) / 60:.0f} "
       "minutes. `edge-etc evaluate --preset ci` is the small version "
       "(2 folds, 2 epochs, 30 captures) for CI.")
