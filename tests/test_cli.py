@@ -414,7 +414,7 @@ def _bad_model(tmp_path, kind):
     ("capture", "not a TFLite model (no TFL3 file identifier at byte 4)"),
     ("cut", "corrupt or truncated TFLite file"),
 ])
-def test_run_names_a_bad_model_file_in_one_line(tmp_path, kind, problem):
+def test_run_bad_model_one_line(tmp_path, kind, problem):
     path = _bad_model(tmp_path, kind)
     proc = subprocess.run([sys.executable, "-m", "edge_etc", "run", "--pcap", PCAP, "--model", str(path)],
                           capture_output=True, text=True, timeout=120)
