@@ -157,7 +157,8 @@ class Evaluation:
         out = {"float": [], "int8": [], "thresholds": [], "background": [],
                "float_windows": [], "int8_windows": [], "int8_changed": [], "repeat": [],
                "repeat_float": [], "repeat_int8": [],
-               "depths": {str(d): {"float": [], "int8": [], "repeat_float": [], "repeat_int8": []}
+               "depths": {str(d): {"float": [], "int8": [], "repeat_float": [], "repeat_int8": [],
+                                   "changed": []}
                           for d in DECISION_DEPTHS}}
         pooled = {"true": [], "float": [], "int8": [], "seen": []}
         # Every test window's class probabilities, for analyses of decision rules.
@@ -276,15 +277,20 @@ class Evaluation:
         """Score one fold's flows with each decision depth in DECISION_DEPTHS."""
         data = self.data
         for d in DECISION_DEPTHS:
+            decided = {}
             for kind, p in probs.items():
                 true, pred, _ = flow_decisions(p, data.flow[test], data.position[test],
                                                data.flow_label, d)
                 known = true >= 0
+                decided[kind] = pred[known]
                 depths[str(d)][kind].append(
                     per_class_report(true[known], pred[known], data.classes)["macro_f1"])
                 if kind == "float":
                     by_depth[d]["true"].append(true[known])
                 by_depth[d][kind].append(pred[known])
+            if "int8" in decided:
+                # The labelled flows whose int8 decision differs from the float one.
+                depths[str(d)]["changed"].append(int((decided["int8"] != decided["float"]).sum()))
 
     def run_port_baseline(self):
         data = self.data
@@ -425,6 +431,7 @@ def depth_rows(result):
             row["int8"] = round(float(np.mean(r["repeat_int8"])), 4)
             row["repeat_int8"] = r["repeat_int8"]
             row["largest_fold_gap"] = round(max(abs(a - b) for a, b in zip(r["float"], r["int8"])), 4)
+            row["int8_changed"] = sum(r.get("changed", []))
         rows.append(row)
     return rows
 
@@ -434,9 +441,11 @@ def depth_text(result):
     if not rows:
         return []
     lines = ["Windows per flow decision (--max-windows), same trained models:",
-             f"{'windows':<9}{'float':>8}{'int8':>8}{'largest fold gap':>18}   float per repeat"]
+             f"{'windows':<9}{'float':>8}{'int8':>8}{'largest fold gap':>18}{'int8 changed':>14}"
+             "   float per repeat"]
     for r in rows:
-        int8 = f"{r['int8']:>8.3f}{r['largest_fold_gap']:>18.3f}" if "int8" in r else " " * 26
+        int8 = (f"{r['int8']:>8.3f}{r['largest_fold_gap']:>18.3f}{r['int8_changed']:>14d}"
+                if "int8" in r else " " * 40)
         lines.append(f"{r['windows']:<9}{r['float']:>8.3f}{int8}   "
                      + " ".join(f"{v:.3f}" for v in r["repeat_float"]))
     return lines

@@ -62,16 +62,20 @@ def depth_section(w, ev):
       "averages the class probabilities of the flow's first N windows. Every row scores the same "
       "trained models (all repeats), so the rows differ only by the decision rule. A flow with "
       "fewer windows than N is decided on the windows it has.\n")
-    w("| windows | float | int8 | largest float/int8 gap on a fold | float per repeat |")
-    w("| --- | --- | --- | --- | --- |")
+    has_changed = any(r.get("changed") for r in depths.values())
+    w("| windows | float | int8 | largest float/int8 gap on a fold | "
+      + ("labelled flows int8 decides differently | " if has_changed else "") + "float per repeat |")
+    w("| --- | --- | --- | --- | " + ("--- | " if has_changed else "") + "--- |")
     for d, r in depths.items():
         if not r["repeat_float"]:
             continue
         mean = sum(r["repeat_float"]) / len(r["repeat_float"])
         int8 = sum(r["repeat_int8"]) / len(r["repeat_int8"]) if r["repeat_int8"] else None
         gap = max(abs(a - b) for a, b in zip(r["float"], r["int8"])) if r["int8"] else None
+        changed = f"{sum(r['changed'])} | " if has_changed else ""
         w(f"| {d} | {mean:.3f} | {'' if int8 is None else f'{int8:.3f}'} | "
-          f"{'' if gap is None else f'{gap:.3f}'} | {' '.join(f'{v:.3f}' for v in r['repeat_float'])} |")
+          f"{'' if gap is None else f'{gap:.3f}'} | {changed}"
+          f"{' '.join(f'{v:.3f}' for v in r['repeat_float'])} |")
     w("")
 
 

@@ -54,8 +54,8 @@ def test_decision_depths_score_the_same_windows_with_more_of_each_flow():
         flow_label=np.array([0, 1, -1]), classes=["A", "B"])
     p = np.array([[0.4, 0.6], [0.9, 0.1], [0.9, 0.1], [0.2, 0.8], [0.3, 0.7], [0.5, 0.5]])
     test = np.ones(6, dtype=bool)
-    depths = {str(d): {"float": [], "int8": [], "repeat_float": [], "repeat_int8": []}
-              for d in DECISION_DEPTHS}
+    depths = {str(d): {"float": [], "int8": [], "repeat_float": [], "repeat_int8": [],
+                       "changed": []} for d in DECISION_DEPTHS}
     by_depth = {d: {"true": [], "float": [], "int8": []} for d in DECISION_DEPTHS}
     ev._score_depths({"float": p, "int8": p[:, ::-1].copy()}, test, depths, by_depth)
     # One window: flow 0 is called B, so class A has no hit. Three: both flows right.
@@ -66,6 +66,9 @@ def test_decision_depths_score_the_same_windows_with_more_of_each_flow():
     assert list(by_depth[1]["true"][0]) == [0, 1]
     assert list(by_depth[3]["float"][0]) == [0, 1]
     assert list(by_depth[3]["int8"][0]) == [1, 0]
+    # The reversed probabilities decide both labelled flows differently at every depth.
+    assert depths["3"]["changed"] == [2]
+    assert depths["1"]["changed"] == [2]
 
     for d in DECISION_DEPTHS:
         depths[str(d)]["repeat_float"] = [depths[str(d)]["float"][0]]
