@@ -419,8 +419,9 @@ def application_text(results):
 
 
 def depth_rows(result):
-    """Return per decision depth: windows, mean macro-F1 over repeats (float, int8) and the
-    largest float/int8 gap on a fold, from `run_model`'s "depths"."""
+    """Return per decision depth: windows, mean macro-F1 over repeats (float, int8), the
+    largest float/int8 gap on a fold and the labelled flows whose int8 decision differs,
+    from `run_model`'s "depths"."""
     rows = []
     for d, r in result.get("depths", {}).items():
         if not r["repeat_float"]:
