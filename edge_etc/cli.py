@@ -54,8 +54,34 @@ def _verbosity(f):
     return f
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"],
-                               "auto_envvar_prefix": "EDGE_ETC"})
+# Raised by click 8.2 and later when a group is called without a command.
+_NO_ARGS_IS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())
+
+
+class _OneLineErrors(click.Group):
+    """Command group that reports a usage error (an unknown option, an invalid value) in one
+    line, like every other edge-etc error, in place of click's usage block."""
+
+    def main(self, *args, **kwargs):
+        kwargs["standalone_mode"] = False
+        try:
+            result = super().main(*args, **kwargs)
+        except _NO_ARGS_IS_HELP as e:  # `edge-etc` without a command prints the help
+            e.show()
+            sys.exit(e.exit_code)
+        except click.UsageError as e:
+            command = e.ctx.command_path if e.ctx else "edge-etc"
+            fail(f"{e.format_message()} Run '{command} --help' for the options.", e.exit_code)
+        except click.ClickException as e:
+            fail(e.format_message(), e.exit_code)
+        except click.Abort:
+            fail("aborted", 1)
+        # Without standalone mode, click returns the code of --help and --version.
+        sys.exit(result if isinstance(result, int) else 0)
+
+
+@click.group(cls=_OneLineErrors, context_settings={"help_option_names": ["-h", "--help"],
+                                                   "auto_envvar_prefix": "EDGE_ETC"})
 @click.version_option(package_name="edge-etc")
 def main():
     """Classify encrypted network traffic on the device that carries it.

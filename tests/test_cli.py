@@ -511,12 +511,35 @@ def test_invalid_variable_is_named(variable, option, value):
     r = subprocess.run([sys.executable, "-m", "edge_etc", "run", "--pcap", PCAP],
                        capture_output=True, text=True, timeout=120, env=env)
     assert r.returncode == 2, r.stderr
-    assert f"Invalid value for {variable} (environment variable of {option})" in r.stderr
-    assert "Traceback" not in r.stderr
+    (line,) = r.stderr.strip().splitlines()
+    assert line.startswith(f"edge-etc: error: Invalid value for {variable} (environment variable of {option})")
+    assert line.endswith(" run --help' for the options.")
     r = subprocess.run([sys.executable, "-m", "edge_etc", "run", "--pcap", PCAP, option, value],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 2, r.stderr
-    assert f"Invalid value for '{option}'" in r.stderr
+    (line,) = r.stderr.strip().splitlines()
+    assert line.startswith(f"edge-etc: error: Invalid value for '{option}'")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["run", "--no-such-option"], "No such option '--no-such-option'"),
+    (["no-such-command"], "No such command 'no-such-command'"),
+    (["run", "--pcap", PCAP, "--max-windows", "0"], "Invalid value for '--max-windows'"),
+])
+def test_usage_error_one_line(args, message):
+    r = subprocess.run([sys.executable, "-m", "edge_etc", *args], capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 2
+    assert r.stdout == ""
+    (line,) = r.stderr.strip().splitlines()
+    assert line.startswith(f"edge-etc: error: {message}"), line
+
+
+def test_no_command_prints_help():
+    r = subprocess.run([sys.executable, "-m", "edge_etc"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2
+    assert r.stderr.startswith("Usage: ")
+    assert "Commands:" in r.stderr
 
 
 def test_ignored_sigint_stays_ignored():
