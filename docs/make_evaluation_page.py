@@ -41,11 +41,11 @@ def store(directory, main_run, ablations):
         index.append([name, f"ablation-{slug(name)}.json"])
         run = load(path)
         int8 = "overall_int8" in run.get("cnn_lstm", {})
-        kept = {key: run[key] for key in ("flags", "repeats", "seconds", "settings") if key in run}
-        kept["summary"] = run["summary"][:1]
-        kept["cnn_lstm"] = {"overall_int8": True} if int8 else {}
+        summary = {key: run[key] for key in ("flags", "repeats", "seconds", "settings") if key in run}
+        summary["summary"] = run["summary"][:1]
+        summary["cnn_lstm"] = {"overall_int8": True} if int8 else {}
         with open(os.path.join(directory, f"ablation-{slug(name)}.json"), "w") as f:
-            json.dump(kept, f, indent=1)
+            json.dump(summary, f, indent=1)
             f.write("\n")
     with open(os.path.join(directory, "index.json"), "w") as f:
         json.dump(index, f, indent=1)

@@ -283,8 +283,10 @@ class CaptureFile:
         return None
 
     def _read_or_fail(self, n, what, before):
-        """Read the next `n` bytes of a part of which `before` bytes were read already; the
-        error counts the whole part, as a user would measure the file."""
+        """Read the next `n` bytes of a part whose first `before` bytes were read already.
+
+        A short read raises an error that counts the bytes of the whole part, as a user
+        measures the file."""
         data = self._f.read(n)
         if len(data) < n:
             raise CaptureFileError(

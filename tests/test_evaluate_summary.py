@@ -39,7 +39,7 @@ def test_baseline_row_has_one_repeat():
     assert row["fold_macro_f1"] == pytest.approx([0.3, 0.5])
 
 
-def test_decision_depths_score_the_same_windows_with_more_of_each_flow():
+def test_decision_depths_same_windows():
     import types
 
     import numpy as np
@@ -47,7 +47,7 @@ def test_decision_depths_score_the_same_windows_with_more_of_each_flow():
     from edge_etc.convert.evaluate import DECISION_DEPTHS, Evaluation, depth_rows
 
     # Flow 0 (class 0): its first window leans to class 1, its next two to class 0.
-    # Flow 1 (class 1): every window says class 1. Flow 2 is background (-1).
+    # Flow 1 (class 1): every window leans to class 1. Flow 2 is background (-1).
     ev = Evaluation.__new__(Evaluation)
     ev.data = types.SimpleNamespace(
         flow=np.array([0, 0, 0, 1, 1, 2]), position=np.array([0, 1, 2, 0, 1, 0]),
@@ -74,7 +74,8 @@ def test_decision_depths_score_the_same_windows_with_more_of_each_flow():
         depths[str(d)]["repeat_float"] = [depths[str(d)]["float"][0]]
         depths[str(d)]["repeat_int8"] = [depths[str(d)]["int8"][0]]
     rows = {r["windows"]: r for r in depth_rows({"depths": depths})}
-    assert rows[3]["float"] == 1.0 and rows[3]["int8"] == 0.0
+    assert rows[3]["float"] == 1.0
+    assert rows[3]["int8"] == 0.0
     assert rows[3]["largest_fold_gap"] == 1.0
     # At one window int8 gets the other flow wrong instead: the same score, no gap.
     assert rows[1]["int8"] == pytest.approx(1 / 3, abs=1e-3)
