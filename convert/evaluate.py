@@ -419,9 +419,11 @@ def application_text(results):
 
 
 def depth_rows(result):
-    """Return per decision depth: windows, mean macro-F1 over repeats (float, int8), the
-    largest float/int8 gap on a fold and the labelled flows whose int8 decision differs,
-    from `run_model`'s "depths"."""
+    """Return one row per decision depth of `run_model`'s "depths".
+
+    A row has the windows per decision and the mean macro-F1 over the repeats, float and
+    int8. With int8, it also has the largest float/int8 gap on a fold and the number of
+    labelled flows whose int8 decision differs from the float one."""
     rows = []
     for d, r in result.get("depths", {}).items():
         if not r["repeat_float"]:

@@ -282,7 +282,7 @@ class CaptureFile:
             return raw
         return None
 
-    def _read_or_fail(self, n, what, before):
+    def _read_or_fail(self, n, part, before):
         """Read the next `n` bytes of a part whose first `before` bytes were read already.
 
         A short read raises an error that counts the bytes of the whole part, as a user
@@ -290,7 +290,7 @@ class CaptureFile:
         data = self._f.read(n)
         if len(data) < n:
             raise CaptureFileError(
-                f"{self.path}: truncated {what}: {before + len(data)} of {before + n} bytes")
+                f"{self.path}: truncated {part}: {before + len(data)} of {before + n} bytes")
         return data
 
     @property

@@ -59,8 +59,8 @@ _NO_ARGS_IS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())
 
 
 class _OneLineErrors(click.Group):
-    """Command group that reports a usage error (an unknown option, an invalid value) in one
-    line, like every other edge-etc error, in place of click's usage block."""
+    """Command group that reports click's usage errors in one line, like every other
+    edge-etc error. Click itself prints a usage block for an unknown option or a bad value."""
 
     def main(self, *args, **kwargs):
         kwargs["standalone_mode"] = False
