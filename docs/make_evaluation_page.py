@@ -164,7 +164,20 @@ def main():
           "the same. A network's figure is the mean over the repeats of its macro-F1 over all "
           "folds; each repeat's figure is listed beside it, and each fold's figure is that fold's "
           "mean over the repeats. The per-class tables and the confusion matrix pool the flows of "
-          "all repeats. The baselines without training noise (port, random forests) run once.")
+          "all repeats. The random forests run once per repeat too, with the same seeds; the port "
+          "table has no seed and runs once.")
+    forests = [(name, ev[key]["min_samples_leaf"]) for key, name in
+               (("stats", "without"), ("stats_port", "with")) if "min_samples_leaf" in ev.get(key, {})]
+    if forests:
+        # Runs before these two keys were recorded used the same grid and inner folds.
+        grid = ev["stats_port"].get("leaf_sizes", [2, 5, 10, 20, 50])
+        inner = ev["stats_port"].get("inner_folds", 3)
+        w("- Random forests: 200 trees on each window's payload sizes, directions, gaps and TCP "
+          "flags, their mean and spread, and the server port's number for the forest with the "
+          "port. Each fold's minimum leaf size is chosen on its training captures alone: every "
+          "size of " + ", ".join(str(v) for v in grid) + " is scored by flow macro-F1 on "
+          f"{inner} grouped folds of those captures. Chosen per fold: " +
+          "; ".join(f"{' '.join(str(v) for v in leaves)} {name} the port" for name, leaves in forests) + ".")
     w("- int8: each fold's model is quantized with `edge-etc convert`'s code and run through the "
       "runner's own classifier (ai-edge-litert).")
     w(f"- Settings: `{json.dumps({k: v for k, v in ev['settings'].items() if k not in ('format', 'version')})}`\n")

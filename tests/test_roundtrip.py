@@ -124,6 +124,12 @@ def test_evaluate_ci_preset(corpus, tmp_path):
     assert "retracing" not in r.stderr
     assert result["machine"]["cores"] >= 1
     assert result["machine"]["tensorflow"] == tf.__version__
+    # The forests' leaf sizes come from the training captures' inner folds, one per fold.
+    from edge_etc.convert.evaluate import LEAF_SIZES
+    for key in ("stats", "stats_port"):
+        assert len(result[key]["min_samples_leaf"]) == result["folds"]
+        assert set(result[key]["min_samples_leaf"]) <= set(LEAF_SIZES)
+        assert len(result[key]["repeat_macro_f1"]) == result["repeats"]
     changed = result["cnn_lstm"]["int8_changed"]
     assert [c["flows"] for c in changed] == [r["support"] for r in result["cnn_lstm"]["float"]]
     assert all(0 <= c["changed"] <= c["flows"] for c in changed)
@@ -153,6 +159,26 @@ def test_evaluate_ci_preset(corpus, tmp_path):
         again = per_class_report(true[known], pred[known], list(saved["classes"]))
         assert again["macro_f1"] == report["macro_f1"]
         assert again["confusion"] == report["confusion"]
+
+
+def test_forest_leaf_ignores_test_captures(corpus):
+    """The random forest's leaf size for a fold is chosen on its training captures alone:
+    replacing the test captures' features with noise changes nothing."""
+    from edge_etc.convert import dataset
+    from edge_etc.convert.evaluate import LEAF_SIZES, Evaluation, _stats_features
+    from edge_etc.convert.train import settings_from_options
+
+    settings = settings_from_options(vector_bytes=328, port_buckets=0)
+    captures = dataset.spread_captures(dataset.read_manifest(corpus), 30)
+    ev = Evaluation(corpus, settings, captures, 2, 1, 0, 1, False, int8=False)
+    train_idx, test_idx = ev.split(0)
+    feats = _stats_features(ev.data.x, settings, with_port=True)
+    leaf = ev.choose_leaf(feats, train_idx)
+    assert leaf in LEAF_SIZES
+    noisy = feats.copy()
+    test = ev.data.select(test_idx)
+    noisy[test] = np.random.default_rng(1).uniform(0, 65535, size=noisy[test].shape)
+    assert ev.choose_leaf(noisy, train_idx) == leaf
 
 
 def test_application_seen_by_name(corpus):
