@@ -17,8 +17,8 @@ Size: 16 filters per convolution, 32 packet features and 32 LSTM units. On the 5
 of `edge-etc evaluate`, with three trainings each, this network scored 0.434, 0.416 and
 0.342 flow macro-F1 (float), and the same seeds with twice the widths (32 filters, 64
 features, 64 units) 0.427, 0.410 and 0.313. Half these widths scored 0.370 and 0.355 on
-the first two. The int8 model is a third of the parameters and runs about 1.6 times as
-fast in ai-edge-litert.
+the first two. It has a third of the wider network's parameters. How much faster its
+int8 form runs depends on the interpreter and the sitting (benchmarks/RESULTS.md).
 
 The LSTM is built with `unroll=True`: the window has three steps, so unrolling costs
 nothing, and only the unrolled form converts to full-integer int8 TFLite.
