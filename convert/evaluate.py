@@ -38,14 +38,14 @@ from edge_etc.preprocess import CONTEXT_BYTES, Preprocessing
 
 from . import dataset
 from .metrics import flow_decisions, format_report, per_class_report
-from .train import (CLASS_WEIGHT_POWER, DEFAULT_WEIGHTING, MEMBERS, settings_from_options,
-                    training_weights)
+from .train import CLASS_WEIGHT_POWER, DEFAULT_WEIGHTING, settings_from_options, training_weights
 
 log = logging.getLogger(__name__)
 
 PRESETS = {
     "full": {"folds": 5, "epochs": 15, "limit_captures": None, "repeats": 3},
-    "ci": {"folds": 2, "epochs": 2, "limit_captures": 30, "repeats": 1},
+    # Two repeats, so that the average of the repeats' networks is scored too.
+    "ci": {"folds": 2, "epochs": 2, "limit_captures": 30, "repeats": 2},
 }
 
 
@@ -140,7 +140,7 @@ class Evaluation:
         self.class_power = class_power
         self.weighting = weighting or DEFAULT_WEIGHTING
         self.repeats = repeats
-        self.members = members or MEMBERS
+        self.members = members or 1
         self.name = name  # the network's name in log lines
 
     def split(self, f):
@@ -158,19 +158,47 @@ class Evaluation:
         order and the inner validation captures); the folds stay the same. Per-fold lists
         run over the repeats in order (repeat 0's folds first), and the overall reports
         pool the flows of every repeat.
+
+        With several repeats of one-member networks, out["ensemble"] scores the same way,
+        per fold, the average of the fold's networks of all repeats, converted to int8 as
+        one model: what `edge-etc train --members R` makes, since its member i has the
+        seed of repeat i.
         """
-        data = self.data
-        out = {"float": [], "int8": [], "thresholds": [], "background": [],
-               "float_windows": [], "int8_windows": [], "int8_changed": [], "repeat": [],
-               "repeat_float": [], "repeat_int8": [],
-               "depths": {str(d): {"float": [], "int8": [], "repeat_float": [], "repeat_int8": [],
-                                   "changed": []}
-                          for d in DECISION_DEPTHS}}
+        out = self._new_result()
         pooled = {"true": [], "float": [], "int8": [], "seen": []}
         # Every test window's class probabilities, for analyses of decision rules.
         self.saved = {"repeat": [], "fold": [], "window": [], "float": [], "int8": []}
+        fold_models = collections.defaultdict(list)
         for r in range(self.repeats):
-            self._run_repeat(r, out, pooled)
+            self._run_repeat(r, out, pooled, fold_models)
+        self._pool(out, pooled)
+        if self.repeats > 1 and self.members == 1:
+            from .train import combine_members
+
+            ensemble = self._new_result()
+            pooled = {"true": [], "float": [], "int8": [], "seen": []}
+            passes = []
+            for f in range(self.k):
+                models = [model for model, _ in fold_models[f]]
+                val_sets = [val for _, (val,) in fold_models[f]]
+                passes.append((combine_members(models, self.settings), val_sets, self.seed + f))
+            self._run_pass(passes, ensemble, pooled, label="average of the repeats")
+            self._pool(ensemble, pooled)
+            ensemble["members"] = self.repeats
+            out["ensemble"] = ensemble
+        return out
+
+    @staticmethod
+    def _new_result():
+        return {"float": [], "int8": [], "thresholds": [], "background": [],
+                "float_windows": [], "int8_windows": [], "int8_changed": [], "repeat": [],
+                "repeat_float": [], "repeat_int8": [],
+                "depths": {str(d): {"float": [], "int8": [], "repeat_float": [], "repeat_int8": [],
+                                    "changed": []}
+                           for d in DECISION_DEPTHS}}
+
+    def _pool(self, out, pooled):
+        data = self.data
         true = np.concatenate(pooled["true"])
         out["overall_float"] = per_class_report(true, np.concatenate(pooled["float"]), data.classes)
         if self.int8:
@@ -178,26 +206,47 @@ class Evaluation:
         preds = {kind: np.concatenate(pooled[kind]) for kind in ("float", "int8") if pooled[kind]}
         out["by_application"] = split_by_application(true, preds, np.concatenate(pooled["seen"]),
                                                      data.classes)
-        return out
 
-    def _run_repeat(self, r, out, pooled):
-        from .tflite import to_int8
+    def _run_repeat(self, r, out, pooled, fold_models):
         from .train import fit
 
         data = self.data
-        all_true, all_float, all_int8 = [], [], []
-        by_depth = {d: {"true": [], "float": [], "int8": []} for d in DECISION_DEPTHS}
         for f in range(self.k):
-            train_idx, test_idx = self.split(f)
-            started = time.time()
+            train_idx, _ = self.split(f)
             position_limit = self.max_windows if self.first_only else None
             extra = {"weighting": self.weighting, "members": self.members}
             if self.class_power is not None:
                 extra["class_power"] = self.class_power
             seed = self.seed + f + REPEAT_SEED_STEP * r
-            model, val_idx = fit(data, train_idx, self.settings, self.epochs, seed,
-                                 position_limit=position_limit, return_val=True, **extra)
-            out["repeat"].append(r)
+            started = time.time()
+            model, val_sets = fit(data, train_idx, self.settings, self.epochs, seed,
+                                  position_limit=position_limit, return_val=True, **extra)
+            fold_models[f].append((model, val_sets))
+            # Score each fold as soon as it is trained, so its log line comes in order.
+            self._run_pass([(model, val_sets, seed)], out, pooled, repeat=r, first_fold=f,
+                           finish=f == self.k - 1, started=started)
+
+    def _run_pass(self, passes, out, pooled, repeat=None, first_fold=0, finish=True, label=None,
+                  started=None):
+        """Score models on folds `first_fold`, `first_fold` + 1, and so on.
+
+        `passes` holds one (model, validation sets, seed) per fold. With `finish` the pass
+        is complete: its macro-F1 over all folds goes to out["repeat_*"], and its flows to
+        `pooled`. `started` is when the first fold's training began, for its log line.
+        """
+        from .tflite import to_int8
+        from .train import validation_probabilities
+
+        data = self.data
+        if first_fold == 0:
+            self._pass = {"true": [], "float": [], "int8": [], "seen": [],
+                          "by_depth": {d: {"true": [], "float": [], "int8": []} for d in DECISION_DEPTHS}}
+        acc = self._pass
+        by_depth = acc["by_depth"]
+        for f, (model, val_sets, seed) in enumerate(passes, start=first_fold):
+            train_idx, test_idx = self.split(f)
+            started = started or time.time()
+            out["repeat"].append(repeat if repeat is not None else 0)
             test = data.select(test_idx)
             x_test = data.x[test]
             p_float = model.predict(x_test.astype(np.float32) / 255.0, batch_size=512, verbose=0)
@@ -205,12 +254,12 @@ class Evaluation:
             out["float_windows"].append(per_class_report(data.y[test][labelled], p_float[labelled].argmax(1), data.classes))
 
             # Threshold for "unknown" from the inner validation captures.
-            val = data.select(val_idx)
-            p_val = model.predict(data.x[val].astype(np.float32) / 255.0, batch_size=512, verbose=0)
-            ids, pred, conf = _flow_confidence(p_val, data, val, self.max_windows)
-            labels = data.flow_label[ids]
-            background = labels < 0
-            threshold = choose_threshold(conf, pred == labels, background)
+            val, p_val = validation_probabilities(model, data, val_sets)
+            threshold = 0.0
+            if val.any():
+                ids, pred, conf = _flow_confidence(p_val, data, val, self.max_windows)
+                labels = data.flow_label[ids]
+                threshold = choose_threshold(conf, pred == labels, labels < 0)
             out["thresholds"].append(threshold)
 
             ids, pred, conf = _flow_confidence(p_float, data, test, self.max_windows)
@@ -224,9 +273,9 @@ class Evaluation:
                 "threshold": threshold,
                 "known_rejected": int((conf[known] < threshold).sum()),
             })
-            all_true.append(labels[known])
-            all_float.append(pred[known])
-            pooled["seen"].append(self.seen_application(ids[known], train_idx))
+            acc["true"].append(labels[known])
+            acc["float"].append(pred[known])
+            acc["seen"].append(self.seen_application(ids[known], train_idx))
 
             if self.int8:
                 rng = np.random.default_rng(seed)
@@ -240,28 +289,34 @@ class Evaluation:
                 assert np.array_equal(ids8, ids)
                 labels8 = data.flow_label[ids8]
                 out["int8"].append(per_class_report(labels8[labels8 >= 0], pred8[labels8 >= 0], data.classes))
-                all_int8.append(pred8[labels8 >= 0])
+                acc["int8"].append(pred8[labels8 >= 0])
                 # The labelled flows whose decision differs between int8 and float.
                 out["int8_changed"].append({"flows": int(known.sum()),
                                             "changed": int((pred8[labels8 >= 0] != pred[known]).sum())})
             probs = {"float": p_float, "int8": p_int8} if self.int8 else {"float": p_float}
             self._score_depths(probs, test, out["depths"], by_depth)
-            window_ids = np.flatnonzero(test)
-            self.saved["repeat"].append(np.full(len(window_ids), r, np.int16))
-            self.saved["fold"].append(np.full(len(window_ids), f, np.int16))
-            self.saved["window"].append(window_ids)
-            for kind, p in probs.items():
-                self.saved[kind].append(p.astype(np.float32))
+            if repeat is not None:
+                window_ids = np.flatnonzero(test)
+                self.saved["repeat"].append(np.full(len(window_ids), repeat, np.int16))
+                self.saved["fold"].append(np.full(len(window_ids), f, np.int16))
+                self.saved["window"].append(window_ids)
+                for kind, p in probs.items():
+                    self.saved[kind].append(p.astype(np.float32))
+            where = label or (f"repeat {repeat}" if self.repeats > 1 else "")
             log.info("%s, %sfold %d: flow macro-F1 float %.3f%s (%.0f s)", self.name,
-                     f"repeat {r}, " if self.repeats > 1 else "", f, out["float"][-1]["macro_f1"],
+                     f"{where}, " if where else "", f, out["float"][-1]["macro_f1"],
                      f", int8 {out['int8'][-1]['macro_f1']:.3f}" if self.int8 else "", time.time() - started)
-        true = np.concatenate(all_true)
-        out["repeat_float"].append(per_class_report(true, np.concatenate(all_float), data.classes)["macro_f1"])
+            started = None
+        if not finish:
+            return
+        true = np.concatenate(acc["true"])
+        out["repeat_float"].append(per_class_report(true, np.concatenate(acc["float"]), data.classes)["macro_f1"])
         pooled["true"].append(true)
-        pooled["float"].append(np.concatenate(all_float))
+        pooled["float"].append(np.concatenate(acc["float"]))
+        pooled["seen"].extend(acc["seen"])
         if self.int8:
-            out["repeat_int8"].append(per_class_report(true, np.concatenate(all_int8), data.classes)["macro_f1"])
-            pooled["int8"].append(np.concatenate(all_int8))
+            out["repeat_int8"].append(per_class_report(true, np.concatenate(acc["int8"]), data.classes)["macro_f1"])
+            pooled["int8"].append(np.concatenate(acc["int8"]))
         for d, parts in by_depth.items():
             true = np.concatenate(parts["true"])
             for kind in ("float", "int8"):
@@ -342,11 +397,13 @@ class Evaluation:
         splits = [self.split(f) for f in range(self.k)]
         for train_idx, _ in splits:
             leaves.append(self.choose_leaf(feats, train_idx))
+        prob_sums = [None] * self.k
         for r in range(self.repeats):
             all_true, all_pred = [], []
             for f, (train_idx, test_idx) in enumerate(splits):
                 seed = self.seed + f + REPEAT_SEED_STEP * r
                 probs, te = self._forest_probs(feats, train_idx, test_idx, leaves[f], seed, 200)
+                prob_sums[f] = probs if prob_sums[f] is None else prob_sums[f] + probs
                 true, pred, _ = flow_decisions(probs, data.flow[te], data.position[te], data.flow_label,
                                                self.max_windows)
                 known = true >= 0
@@ -359,9 +416,23 @@ class Evaluation:
             pooled_true.append(true)
             pooled_pred.append(pred)
         overall = per_class_report(np.concatenate(pooled_true), np.concatenate(pooled_pred), data.classes)
-        return {"folds": reports, "repeat": repeat_of, "repeat_macro_f1": per_repeat,
-                "min_samples_leaf": leaves, "leaf_sizes": list(LEAF_SIZES), "inner_folds": INNER_FOLDS,
-                "overall": overall}
+        result = {"folds": reports, "repeat": repeat_of, "repeat_macro_f1": per_repeat,
+                  "min_samples_leaf": leaves, "leaf_sizes": list(LEAF_SIZES), "inner_folds": INNER_FOLDS,
+                  "overall": overall}
+        if self.repeats > 1:
+            # The mean of the repeats' forests per fold, as the networks' "ensemble".
+            folds, all_true, all_pred = [], [], []
+            for f, (_, test_idx) in enumerate(splits):
+                te = data.select(test_idx)
+                true, pred, _ = flow_decisions(prob_sums[f], data.flow[te], data.position[te],
+                                               data.flow_label, self.max_windows)
+                known = true >= 0
+                folds.append(per_class_report(true[known], pred[known], data.classes))
+                all_true.append(true[known])
+                all_pred.append(pred[known])
+            result["ensemble"] = {"folds": folds, "members": self.repeats, "overall": per_class_report(
+                np.concatenate(all_true), np.concatenate(all_pred), data.classes)}
+        return result
 
     def _forest_probs(self, feats, train_idx, test_idx, leaf, seed, trees):
         """Fit a forest on the labelled windows of captures `train_idx`; return its class
@@ -581,7 +652,7 @@ def evaluate_command(corpus, output, preset, seed, vector_bytes, window_rule, no
                      baselines, int8, port_buckets=None, class_power=None, weighting=None,
                      repeats=None, members=None):
     corpus = corpus or dataset.default_corpus()
-    members = members or MEMBERS
+    members = members or 1
     cfg = PRESETS[preset]
     repeats = repeats or cfg["repeats"]
     settings = settings_from_options(vector_bytes=vector_bytes, window_rule=window_rule,
@@ -612,7 +683,7 @@ def evaluate_command(corpus, output, preset, seed, vector_bytes, window_rule, no
         flags.append(f"--weighting {weighting}")
     if vector_bytes is not None:
         flags.append(f"--vector-bytes {vector_bytes}")
-    if members != MEMBERS:
+    if members != 1:
         flags.append(f"--members {members}")
     if window_rule is not None:
         flags.append(f"--window-rule {window_rule}")
@@ -633,6 +704,11 @@ def evaluate_command(corpus, output, preset, seed, vector_bytes, window_rule, no
     rows = [_summary_row("CNN-LSTM float", results["cnn_lstm"], "overall_float")]
     if int8:
         rows.append(_summary_row("CNN-LSTM int8", results["cnn_lstm"], "overall_int8"))
+    averaged = f", average of {repeats}"
+    if "ensemble" in results["cnn_lstm"]:
+        rows.append(_summary_row("CNN-LSTM float" + averaged, results["cnn_lstm"]["ensemble"], "overall_float"))
+        if int8:
+            rows.append(_summary_row("CNN-LSTM int8" + averaged, results["cnn_lstm"]["ensemble"], "overall_int8"))
     if baselines:
         results["port"] = ev.run_port_baseline()
         rows.append(_summary_row("server port only", results["port"]))
@@ -646,6 +722,9 @@ def evaluate_command(corpus, output, preset, seed, vector_bytes, window_rule, no
         rows.append(_summary_row("statistics (random forest)", results["stats"]))
         results["stats_port"] = stats_ev.run_stats_baseline(with_port=True)
         rows.append(_summary_row("statistics + server port", results["stats_port"]))
+        for key, name in (("stats", "statistics"), ("stats_port", "statistics + server port")):
+            if "ensemble" in results[key]:
+                rows.append(_summary_row(name + averaged, results[key]["ensemble"]))
         if settings.window_packets != 1:
             one = Evaluation(corpus, Preprocessing(**{**settings.to_dict_plain(), "window_packets": 1}),
                              captures, cfg["folds"], cfg["epochs"], seed, max_windows, first_only, int8=False,
@@ -653,6 +732,9 @@ def evaluate_command(corpus, output, preset, seed, vector_bytes, window_rule, no
                              name="one-packet CNN")
             results["one_packet_cnn"] = one.run_model()
             rows.append(_summary_row("one-packet CNN", results["one_packet_cnn"], "overall_float"))
+            if "ensemble" in results["one_packet_cnn"]:
+                rows.append(_summary_row("one-packet CNN" + averaged, results["one_packet_cnn"]["ensemble"],
+                                         "overall_float"))
     results["summary"] = rows
     results["seconds"] = round(time.time() - started, 1)
 
@@ -662,11 +744,11 @@ def evaluate_command(corpus, output, preset, seed, vector_bytes, window_rule, no
     text = [f"Grouped {cfg['folds']}-fold cross-validation by capture file, {len(captures)} captures, "
             f"seed {seed}, {repeats} training repeat(s), {results['seconds']:.0f} s",
             f"settings: {json.dumps(settings.to_dict_plain())}", "",
-            f"{'model':<30}{'flow macro-F1':>15}   per fold (mean over repeats); per repeat"]
+            f"{'model':<40}{'flow macro-F1':>15}   per fold (mean over repeats); per repeat"]
     for r in rows:
         folds = " ".join(f"{v:.3f}" for v in r["fold_macro_f1"])
         spread = " ".join(f"{v:.3f}" for v in r["repeat_macro_f1"]) if len(r["repeat_macro_f1"]) > 1 else ""
-        text.append(f"{r['name']:<30}{r['macro_f1']:>15.3f}   {folds}" + (f"; {spread}" if spread else ""))
+        text.append(f"{r['name']:<40}{r['macro_f1']:>15.3f}   {folds}" + (f"; {spread}" if spread else ""))
     text += ["", "CNN-LSTM float, flows, all folds" + (" and repeats" if repeats > 1 else "") + ":", format_report(results["cnn_lstm"]["overall_float"]),
              confusion_text(results["cnn_lstm"]["overall_float"], classes)]
     if int8:
@@ -677,22 +759,45 @@ def evaluate_command(corpus, output, preset, seed, vector_bytes, window_rule, no
         text.append("labelled flows whose int8 decision differs from the float one: "
                     f"{sum(c['changed'] for c in changed)} of {sum(c['flows'] for c in changed)}; "
                     "per fold: " + " ".join(str(c["changed"]) for c in changed))
+    ensemble = results["cnn_lstm"].get("ensemble")
+    if ensemble and int8:
+        diffs = [abs(a["macro_f1"] - b["macro_f1"]) for a, b in zip(ensemble["float"], ensemble["int8"])]
+        changed = ensemble["int8_changed"]
+        text += ["", f"CNN-LSTM, average of the {repeats} repeats' networks per fold, int8, flows:",
+                 format_report(ensemble["overall_int8"]),
+                 f"largest float/int8 macro-F1 difference on a fold: {max(diffs):.3f}",
+                 "labelled flows whose int8 decision differs from the float one: "
+                 f"{sum(c['changed'] for c in changed)} of {sum(c['flows'] for c in changed)}; "
+                 "per fold: " + " ".join(str(c["changed"]) for c in changed)]
     bg = results["cnn_lstm"]["background"]
     total = sum(b["flows"] for b in bg)
     wrong = sum(b["confident_wrong"] for b in bg)
     text += ["", f"background/unknown flows: {total}; given a confident label: {wrong} "
              f"({wrong / total:.1%})" if total else "background/unknown flows: none",
              "thresholds per fold: " + ", ".join(f"{b['threshold']:.2f}" for b in bg)]
+    if ensemble:
+        bg = ensemble["background"]
+        flows = sum(b["flows"] for b in bg)
+        wrong = sum(b["confident_wrong"] for b in bg)
+        text += [f"average of the repeats: {flows} background/unknown flows; given a confident "
+                 f"label: {wrong} ({wrong / flows:.1%}); thresholds per fold: "
+                 + ", ".join(f"{b['threshold']:.2f}" for b in bg) if flows else ""]
     text += ["", *application_text(results)]
     depths = depth_text(results["cnn_lstm"])
     if depths:
         text += ["", *depths]
+    depths = depth_text(ensemble) if ensemble else []
+    if depths:
+        text += ["", "Average of the repeats' networks. " + depths[0], *depths[1:]]
     with open(os.path.join(output, "evaluation.txt"), "w") as f:
         f.write("\n".join(text) + "\n")
-    save_confusion_png(results["cnn_lstm"]["overall_float"], classes,
-                       os.path.join(output, "confusion_float.png"), "CNN-LSTM float, flows")
+    # The matrices of the model as bundled: the average of the repeats' networks when scored.
+    product, title = ((ensemble, f"CNN-LSTM, average of {repeats}") if ensemble
+                      else (results["cnn_lstm"], "CNN-LSTM"))
+    save_confusion_png(product["overall_float"], classes,
+                       os.path.join(output, "confusion_float.png"), f"{title}, float, flows")
     if int8:
-        save_confusion_png(results["cnn_lstm"]["overall_int8"], classes,
-                           os.path.join(output, "confusion_int8.png"), "CNN-LSTM int8, flows")
+        save_confusion_png(product["overall_int8"], classes,
+                           os.path.join(output, "confusion_int8.png"), f"{title}, int8, flows")
     print("\n".join(text))
     return results

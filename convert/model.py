@@ -43,8 +43,8 @@ def build_model(window_packets, vector_bytes, n_classes, filters=(16, 16), featu
 
     With `members` > 1, the model holds that many independent CNN-LSTMs (layer names
     prefixed "m1_", "m2_", ...) on the same input, and its output is the mean of their class
-    probabilities. `member_outputs` returns the members' own outputs, which training fits
-    one loss each, so every member learns on its own from its own initial weights.
+    probabilities. `edge-etc train` trains the members one by one and copies their weights
+    in (train.combine_members).
     """
     keras = load_keras()
     layers = keras.layers
@@ -70,14 +70,12 @@ def build_model(window_packets, vector_bytes, n_classes, filters=(16, 16), featu
     return keras.Model(inp, out, name="cnn_lstm_ensemble")
 
 
-def member_outputs(model):
-    """Return the class-probability outputs of a model's members (the output itself for a
-    model of one member)."""
-    names = sorted(layer.name for layer in model.layers
-                   if layer.name.startswith("m") and layer.name.endswith("_classes"))
-    if not names:
-        return [model.output]
-    return [model.get_layer(name).output for name in names]
+def member_layers(model, i):
+    """Return member i's layers of a model of several members (see `build_model`), by their
+    names in a model of one member."""
+    prefix = f"m{i + 1}_"
+    return {layer.name[len(prefix):]: layer for layer in model.layers
+            if layer.name.startswith(prefix)}
 
 
 def _member(layers, x, c, prefix, window_packets, header_bytes, n_classes, filters,

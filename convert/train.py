@@ -39,9 +39,16 @@ EMA_MOMENTUM = 0.99
 # that the average covers about its last fifth (see `fit`).
 EMA_MIN_SHARE_STEPS = 5
 BATCH_SIZE = 256
-# CNN-LSTMs averaged in one model (`--members`, see `fit`). One by default: every member
-# adds the whole network's inference time, and the runner's speed targets are set for one.
-MEMBERS = 1
+# CNN-LSTMs averaged in one model by `edge-etc train` (`--members`, see `fit`). Each is
+# trained on its own, from its own seed and with its own validation captures. On the 5 folds
+# of `edge-etc evaluate`, the average of three such trainings scored 3 to 4 points of flow
+# macro-F1 more than one training, and its int8 form changed fewer flow decisions
+# (docs/EVALUATION.md). Each member adds one network's inference time: three networks of
+# 48 header bytes cost about what one network of 304 header bytes did.
+MEMBERS = 3
+# Seed offset between members, the same as between the repeats of `edge-etc evaluate`, so
+# that the members of a fold's model there are its repeats' networks.
+MEMBER_SEED_STEP = 1000
 # "capture": every capture of a class carries the same total weight; "flow": every flow does.
 WEIGHTINGS = ("capture", "flow")
 DEFAULT_WEIGHTING = "capture"
@@ -97,23 +104,38 @@ def set_seed(seed):
 
 def fit(data, train_idx, settings, epochs, seed, val_share=0.15, position_limit=None,
         return_val=False, early_stopping=False, class_power=CLASS_WEIGHT_POWER,
-        weighting=DEFAULT_WEIGHTING, members=MEMBERS):
+        weighting=DEFAULT_WEIGHTING, members=1):
     """Train a model on the windows of captures `train_idx`; return the Keras model.
 
-    With `members` > 1, the model is the average of that many CNN-LSTMs, trained together:
-    each member has its own loss on the same batches, from its own initial weights.
+    With `members` > 1, that many CNN-LSTMs are trained one after the other, member i with
+    seed `seed + MEMBER_SEED_STEP * i` (initial weights, batch order and its own validation
+    captures), and the model is their average (`combine_members`). Members trained together
+    on the same batches, with the same validation captures, scored no higher than one.
 
     Args:
         position_limit: train only on windows at positions below this (an ablation: windows
             from the first packets only); None uses windows from any position.
-        return_val: also return the validation capture indices.
+        return_val: also return the validation captures: a list with one list of capture
+            indices per member.
         early_stopping: stop when the validation loss stops falling and keep the best
             epoch. Off by default: the validation captures are few, and stopping on them
             scored lower in grouped cross-validation than a fixed number of epochs.
     """
+    if members > 1:
+        models, val_sets = [], []
+        for i in range(members):
+            log.info("member %d of %d", i + 1, members)
+            model, (val,) = fit(data, train_idx, settings, epochs, seed + MEMBER_SEED_STEP * i,
+                                val_share, position_limit, True, early_stopping, class_power,
+                                weighting, members=1)
+            models.append(model)
+            val_sets.append(val)
+        model = combine_members(models, settings)
+        return (model, val_sets) if return_val else model
+
     keras = load_keras()
 
-    from .model import build_model, member_outputs
+    from .model import build_model
 
     set_seed(seed)
     tr_caps = [data.captures[i] for i in train_idx]
@@ -135,36 +157,45 @@ def fit(data, train_idx, settings, epochs, seed, val_share=0.15, position_limit=
     log.info("training on %d windows (%d captures), validating on %d windows (%d captures)",
              len(y_tr), len(inner_train), len(y_va), len(inner_val))
     model = build_model(settings.window_packets, settings.vector_bytes, n_classes,
-                        context_bytes=settings.context_bytes, members=members)
-    # The members are fitted through a model with one output per member. It shares its
-    # layers, and so its weights, with `model`, whose output is the members' mean.
-    trainer = keras.Model(model.inputs, member_outputs(model)) if members > 1 else model
+                        context_bytes=settings.context_bytes)
     # The model keeps an exponential moving average of its weights over the last ~100
     # training steps (about one epoch), which Keras swaps in when fit ends. A short
     # training (few windows or epochs) averages over its last 20% of steps instead: with
     # 75 steps, momentum 0.99 would leave 47% of the first step's weights in the average.
     steps = epochs * max(1, -(-len(y_tr) // BATCH_SIZE))
     optimizer = keras.optimizers.Adam(1e-3, use_ema=True, ema_momentum=ema_momentum(steps))
-    n_out = len(trainer.outputs)
-    if n_out > 1:
-        trainer.compile(optimizer=optimizer, loss=["sparse_categorical_crossentropy"] * n_out,
-                        weighted_metrics=[["accuracy"]] * n_out)
-    else:
-        trainer.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy",
-                        weighted_metrics=["accuracy"])
+    model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy",
+                  weighted_metrics=["accuracy"])
     callbacks = []
     if early_stopping and len(y_va):
         callbacks.append(keras.callbacks.EarlyStopping(monitor="val_loss", patience=6,
                                                        restore_best_weights=True))
     # Few captures can leave no validation windows: train without validation then.
-    targets = (lambda y: [y] * n_out) if n_out > 1 else (lambda y: y)
-    validation = (x_va, targets(y_va), w_va) if len(y_va) else None
+    validation = (x_va, y_va, w_va) if len(y_va) else None
     # Keras's progress bar (verbose=1) wrote ANSI codes to stdout, among the report: log one
     # line per epoch on stderr instead.
     callbacks.append(_epoch_logger(epochs))
-    trainer.fit(x_tr, targets(y_tr), sample_weight=w_tr, validation_data=validation,
-              epochs=epochs, batch_size=BATCH_SIZE, shuffle=True, callbacks=callbacks, verbose=0)
-    return (model, inner_val) if return_val else model
+    model.fit(x_tr, y_tr, sample_weight=w_tr, validation_data=validation, epochs=epochs,
+              batch_size=BATCH_SIZE, shuffle=True, callbacks=callbacks, verbose=0)
+    return (model, [inner_val]) if return_val else model
+
+
+def combine_members(models, settings):
+    """Return one model whose output is the mean of the class probabilities of `models`,
+    networks trained by `fit` on windows of `settings`, with their weights."""
+    from .model import build_model, member_layers
+
+    if len(models) == 1:
+        return models[0]
+    combined = build_model(settings.window_packets, settings.vector_bytes,
+                           models[0].output_shape[-1], context_bytes=settings.context_bytes,
+                           members=len(models))
+    for i, model in enumerate(models):
+        targets = member_layers(combined, i)
+        for layer in model.layers:
+            if layer.weights:
+                targets[layer.name].set_weights(layer.get_weights())
+    return combined
 
 
 def _epoch_logger(epochs):
@@ -208,15 +239,44 @@ def settings_from_options(**options):
     return Preprocessing(**given)
 
 
-def unknown_threshold(model, data, val_idx, max_windows=DEFAULTS.flows.max_windows):
+def validation_probabilities(model, data, val_sets):
+    """Return (mask, probabilities) for the windows of the validation captures `val_sets`
+    (one list of capture indices per member, as `fit` returns them).
+
+    With several members, each window's probabilities are the mean over the members that
+    held its capture out of training, so no member scores a capture it learnt from. They
+    are fewer than all the members, so these probabilities are less smooth than the whole
+    model's on new captures.
+    """
+    from .model import member_layers
+
+    union = sorted(set().union(*map(set, val_sets)))
+    mask = data.select(union)
+    x = data.x[mask].astype(np.float32) / 255.0
+    if len(val_sets) == 1 or not mask.any():
+        return mask, model.predict(x, batch_size=512, verbose=0) if mask.any() else None
+    keras = load_keras()
+    outputs = [member_layers(model, i)["classes"].output for i in range(len(val_sets))]
+    per_member = keras.Model(model.inputs, outputs).predict(x, batch_size=512, verbose=0)
+    capture = data.capture[mask]
+    sums = np.zeros(per_member[0].shape)
+    counts = np.zeros(len(x))
+    for probs, val in zip(per_member, val_sets):
+        held = np.isin(capture, val)
+        sums[held] += probs[held]
+        counts[held] += 1
+    return mask, (sums / counts[:, None]).astype(np.float32)
+
+
+def unknown_threshold(model, data, val_sets, max_windows=DEFAULTS.flows.max_windows):
     """Return the confidence under which the runner reports "unknown", chosen on the
-    validation captures' labelled and background flows (see evaluate.choose_threshold)."""
+    validation captures' labelled and background flows (see evaluate.choose_threshold and
+    `validation_probabilities`)."""
     from .evaluate import _flow_confidence, choose_threshold
 
-    val = data.select(val_idx)
+    val, probs = validation_probabilities(model, data, val_sets)
     if not val.any():
         return 0.0
-    probs = model.predict(data.x[val].astype(np.float32) / 255.0, batch_size=512, verbose=0)
     ids, pred, confidence = _flow_confidence(probs, data, val, max_windows)
     labels = data.flow_label[ids]
     threshold = choose_threshold(confidence, pred == labels, labels < 0)
@@ -262,10 +322,10 @@ def train_command(corpus, output, epochs, seed, vector_bytes, window_rule, no_se
                     "with two or more captures holds out at least one", len(test_idx),
                     len(captures), 100 * len(test_idx) / len(captures),
                     100 * dataset.HELD_OUT_SHARE)
-    model, val_idx = fit(data, train_idx, settings, epochs, seed, return_val=True,
-                         weighting=weighting, members=members)
-    threshold = unknown_threshold(model, data, val_idx)
-    threshold_note = _threshold_note(data, val_idx, threshold)
+    model, val_sets = fit(data, train_idx, settings, epochs, seed, return_val=True,
+                          weighting=weighting, members=members)
+    threshold = unknown_threshold(model, data, val_sets)
+    threshold_note = _threshold_note(data, sorted(set().union(*map(set, val_sets))), threshold)
     if threshold_note:
         log.warning("unknown threshold %.2f: %s", threshold, threshold_note)
     report = evaluate(model, data, test_idx)

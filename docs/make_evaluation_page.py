@@ -42,7 +42,7 @@ def store(directory, main_run, ablations):
         run = load(path)
         int8 = "overall_int8" in run.get("cnn_lstm", {})
         summary = {key: run[key] for key in ("flags", "repeats", "seconds", "settings") if key in run}
-        summary["summary"] = run["summary"][:1]
+        summary["summary"] = [r for r in run["summary"] if r["name"].startswith("CNN-LSTM float")]
         summary["cnn_lstm"] = {"overall_int8": True} if int8 else {}
         with open(os.path.join(directory, f"ablation-{slug(name)}.json"), "w") as f:
             json.dump(summary, f, indent=1)
@@ -53,15 +53,24 @@ def store(directory, main_run, ablations):
 
 
 def depth_section(w, ev):
-    """Write the table of flow scores by windows per decision, when the run has it."""
+    """Write the tables of flow scores by windows per decision, when the run has them."""
     depths = ev["cnn_lstm"].get("depths")
     if not depths:
         return
     w("## Windows per decision\n")
     w("The runner decides on a flow's first complete window by default; with `--max-windows N` it "
       "averages the class probabilities of the flow's first N windows. Every row scores the same "
-      "trained models (all repeats), so the rows differ only by the decision rule. A flow with "
+      "trained models, so the rows differ only by the decision rule. A flow with "
       "fewer windows than N is decided on the windows it has.\n")
+    ensemble = ev["cnn_lstm"].get("ensemble")
+    if ensemble and ensemble.get("depths"):
+        w(f"The average of the {ensemble['members']} repeats' networks per fold, as bundled:\n")
+        depth_table(w, ensemble["depths"])
+        w("Each network alone (all repeats):\n")
+    depth_table(w, depths)
+
+
+def depth_table(w, depths):
     has_changed = any(r.get("changed") for r in depths.values())
     w("| windows | float | int8 | largest float/int8 gap on a fold | "
       + ("labelled flows int8 decides differently | " if has_changed else "") + "float per repeat |")
@@ -97,7 +106,8 @@ def confusion_table(report, classes):
 
 def application_section(w, ev, repeats):
     """Write the scores on the flows of applications that a training capture shows, and on the others."""
-    net = ev["cnn_lstm"]["by_application"]
+    ensemble = ev["cnn_lstm"].get("ensemble")
+    net = (ensemble or ev["cnn_lstm"])["by_application"]
     port = ev["port"]["by_application"]
     apps = ev["applications"]
     unseen = port["unseen"]["port"]["support"]
@@ -107,7 +117,8 @@ def application_section(w, ev, repeats):
       f"no application), and {apps['in_one_capture']} of them have a single capture. So most test "
       f"flows come from an application that no capture of the training part shows: {unseen} of "
       f"{total} flows. The table splits the flows by that; each cell is flow macro-F1 / accuracy"
-      f"{', with the networks pooled over the repeats' if repeats > 1 else ''}.\n")
+      + (f", with the CNN-LSTM as the average of the {ensemble['members']} repeats' networks" if ensemble else
+         f"{', with the networks pooled over the repeats' if repeats > 1 else ''}") + ".\n")
     w("| application in a training capture | flows | CNN-LSTM float | CNN-LSTM int8 | server port only |")
     w("| --- | --- | --- | --- | --- |")
     for group, name in (("seen", "yes"), ("unseen", "no")):
@@ -150,9 +161,9 @@ def main():
       "the unknown threshold. Weighting: " + ev["weighting"] + ".")
     members = ev.get("members", 1)
     if members > 1:
-        w(f"- Every network is an average of {members} member networks, trained together on the "
-          "same batches from their own initial weights, each with its own loss; its output is the "
-          "mean of the members' class probabilities. A training repeat trains all the members.")
+        w(f"- Every network is an average of {members} member networks, each trained on its own "
+          "with its own seed and validation captures; its output is the mean of the members' "
+          "class probabilities. A training repeat trains all the members.")
     decision = ("the class probabilities of a flow's first window" if ev["max_windows"] == 1 else
                 f"the mean class probabilities of a flow's first {ev['max_windows']} windows")
     w(f"- Scores are per **flow**: the runner's decision, {decision}. Flows labelled `background` "
@@ -166,6 +177,16 @@ def main():
           "mean over the repeats. The per-class tables and the confusion matrix pool the flows of "
           "all repeats. The random forests run once per repeat too, with the same seeds; the port "
           "table has no seed and runs once.")
+    ensemble = ev["cnn_lstm"].get("ensemble")
+    if ensemble:
+        n = ensemble["members"]
+        w(f"- **Average of {n}** (the bundled model's design, `edge-etc train --members {n}`): per "
+          f"fold, the {n} repeats' networks are combined into one model whose output is the mean of "
+          "their class probabilities. That model is converted to int8 as a whole and scored like "
+          "a single network. Its unknown threshold is chosen on the validation flows, each scored "
+          "by the networks that did not train on its capture. For a fair comparison, the baselines "
+          f"with a seed are averaged the same way: the {n} forests of each fold (so {n * 200} trees), "
+          f"and the {n} one-packet CNNs.")
     forests = [(name, ev[key]["min_samples_leaf"]) for key, name in
                (("stats", "without"), ("stats_port", "with")) if "min_samples_leaf" in ev.get(key, {})]
     if forests:
@@ -186,32 +207,46 @@ def main():
     w("| --- | --- | --- | --- |")
     for r in ev["summary"]:
         per_repeat = r.get("repeat_macro_f1") or [r["macro_f1"]]
-        spread = " ".join(f"{v:.3f}" for v in per_repeat) if len(per_repeat) > 1 else "(one run)"
+        spread = (" ".join(f"{v:.3f}" for v in per_repeat) if len(per_repeat) > 1 else
+                  "(one average)" if ", average of" in r["name"] else "(one run)")
         w(f"| {r['name']} | {r['macro_f1']:.3f} | {spread} | {' '.join(f'{v:.3f}' for v in r['fold_macro_f1'])} |")
     w("")
-    best_baseline = max(r["macro_f1"] for r in ev["summary"] if not r["name"].startswith("CNN-LSTM"))
-    int8 = next(r for r in ev["summary"] if r["name"] == "CNN-LSTM int8")["macro_f1"]
-    diffs = [abs(a["macro_f1"] - b["macro_f1"]) for a, b in zip(ev["cnn_lstm"]["float"], ev["cnn_lstm"]["int8"])]
+    baselines = [r for r in ev["summary"] if not r["name"].startswith("CNN-LSTM")]
+    best = max(baselines, key=lambda r: r["macro_f1"])
+    best_baseline = best["macro_f1"]
+    product = ensemble or ev["cnn_lstm"]
+    int8_name = f"CNN-LSTM int8, average of {ensemble['members']}" if ensemble else "CNN-LSTM int8"
+    int8 = next(r for r in ev["summary"] if r["name"] == int8_name)["macro_f1"]
+    diffs = [abs(a["macro_f1"] - b["macro_f1"]) for a, b in zip(product["float"], product["int8"])]
     verdict = "beats" if int8 >= best_baseline + 0.05 else "does not beat"
     parity = ("within the 1 point the project aims for" if max(diffs) <= 0.01
               else "more than the 1 point the project aims for")
-    changed = ev["cnn_lstm"].get("int8_changed")
+    changed = product.get("int8_changed")
     flips = ""
     if changed:
         n_changed = sum(c["changed"] for c in changed)
         n_flows = sum(c["flows"] for c in changed)
         flips = (f" The int8 model decides {n_changed} of the {n_flows} labelled flows "
                  f"({n_changed / n_flows:.1%}) differently from the float one.")
-    w(f"**The int8 CNN-LSTM ({int8:.3f}) {verdict} the best baseline ({best_baseline:.3f}) by the "
-      f"5 points the project aims for.** On every fold{' of every repeat' if repeats > 1 else ''}, "
-      f"the int8 and float models differ by at most {max(diffs):.3f} flow macro-F1. That is "
+    subject = (f"The int8 average of {ensemble['members']} CNN-LSTMs" if ensemble
+               else "The int8 CNN-LSTM")
+    w(f"**{subject} ({int8:.3f}) {verdict} the best baseline, {best['name']} ({best_baseline:.3f}), "
+      f"by the 5 points the project aims for: the margin is {100 * (int8 - best_baseline):.1f} "
+      f"points.** On every fold{' of every repeat' if repeats > 1 and not ensemble else ''}, "
+      f"its int8 and float forms differ by at most {max(diffs):.3f} flow macro-F1. That is "
       f"{parity}.{flips}\n")
-    pooled = ", all folds and repeats" if repeats > 1 else ", all folds"
-    w(f"### CNN-LSTM int8, per class (flows{pooled})\n")
-    w(per_class_table(ev["cnn_lstm"]["overall_int8"]))
+    if ensemble:
+        single = ev["cnn_lstm"]
+        single_diffs = [abs(a["macro_f1"] - b["macro_f1"]) for a, b in zip(single["float"], single["int8"])]
+        single_int8 = next(r for r in ev["summary"] if r["name"] == "CNN-LSTM int8")["macro_f1"]
+        w(f"One network alone scores {single_int8:.3f} int8 (mean of the {repeats} repeats), and its int8 "
+          f"and float forms differ by up to {max(single_diffs):.3f} on a fold.\n")
+    pooled = (", all folds" if ensemble or repeats == 1 else ", all folds and repeats")
+    w(f"### {subject[4:]}, per class (flows{pooled})\n")
+    w(per_class_table(product["overall_int8"]))
     w("")
     w(f"### Confusion matrix (float, flows{pooled})\n")
-    w(confusion_table(ev["cnn_lstm"]["overall_float"], classes))
+    w(confusion_table(product["overall_float"], classes))
     w("\n![confusion matrix](evaluation/confusion_float.png)\n")
     w("### Server port baseline, per class\n")
     w(per_class_table(ev["port"]["overall"]))
@@ -219,13 +254,14 @@ def main():
     if "by_application" in ev["cnn_lstm"]:
         application_section(w, ev, repeats)
     depth_section(w, ev)
-    bg = ev["cnn_lstm"]["background"]
+    bg = product["background"]
+    runs = 1 if ensemble else repeats
     total = sum(b["flows"] for b in bg)
     wrong = sum(b["confident_wrong"] for b in bg)
     rejected = sum(b["known_rejected"] for b in bg)
     w("## Flows the model does not know\n")
-    w(f"The corpus's `background` and `unknown` flows ({total // repeats} flows with a complete window"
-      f"{f', counted once per repeat: {total}' if repeats > 1 else ''}) are not "
+    w(f"The corpus's `background` and `unknown` flows ({total // runs} flows with a complete window"
+      f"{f', counted once per repeat: {total}' if runs > 1 else ''}) are not "
       "training targets. Per fold, the threshold under which the runner reports `unknown` is the "
       "highest that rejects at most 5% of correctly classified validation flows "
       f"(thresholds: {', '.join(str(b['threshold']) for b in bg)}). At those thresholds "
@@ -234,20 +270,26 @@ def main():
     if ablations:
         w("## Ablations\n")
         w("Each row changes one thing against the main settings; CNN-LSTM float, no baselines, same "
-          "folds, with the repeats given in the table.\n")
-        w("| ablation | flags | repeats | flow macro-F1 | per repeat | per fold |")
-        w("| --- | --- | --- | --- | --- | --- |")
+          "folds, with the repeats given in the table. The flow macro-F1 is the mean of the "
+          "networks' scores; the last column scores, per fold, the average of the repeats' "
+          "networks, as the bundled model does.\n")
+        w("| ablation | flags | repeats | flow macro-F1 | per repeat | per fold | average of the repeats |")
+        w("| --- | --- | --- | --- | --- | --- | --- |")
 
-        def ablation_row(name, flags, run, row):
+        def ablation_row(name, flags, run):
+            row = next(r for r in run["summary"] if r["name"] == "CNN-LSTM float")
+            average = next((r["macro_f1"] for r in run["summary"]
+                            if r["name"].startswith("CNN-LSTM float, average")), None)
             per_repeat = row.get("repeat_macro_f1") or [row["macro_f1"]]
             spread = " ".join(f"{v:.3f}" for v in per_repeat) if len(per_repeat) > 1 else "(one run)"
             w(f"| {name} | {flags} | {run.get('repeats', 1)} | {row['macro_f1']:.3f} | {spread} | "
-              f"{' '.join(f'{v:.3f}' for v in row['fold_macro_f1'])} |")
+              f"{' '.join(f'{v:.3f}' for v in row['fold_macro_f1'])} | "
+              f"{'' if average is None else f'{average:.3f}'} |")
 
-        ablation_row("main settings", "(none)", ev, next(r for r in ev["summary"] if r["name"] == "CNN-LSTM float"))
+        ablation_row("main settings", "(none)", ev)
         for name, path in ablations:
             a = load(path)
-            ablation_row(name, f"`{a.get('flags', '')}`", a, a["summary"][0])
+            ablation_row(name, f"`{a.get('flags', '')}`", a)
         w("")
     if notes:
         with open(notes) as f:
@@ -276,7 +318,7 @@ def main():
     w(f"Machine: {machine}. The main run took {ev['seconds'] / 60:.0f} minutes; the whole page, "
       f"main run and ablations, took {(ev['seconds'] + sum(load(p)['seconds'] for _, p in ablations)) / 60:.0f} "
       "minutes. `edge-etc evaluate --preset ci` is the small version "
-      "(2 folds, 2 epochs, 30 captures) for CI.")
+      "(2 folds, 2 epochs, 30 captures, 2 repeats) for CI.")
     print("\n".join(out))
 
 

@@ -439,10 +439,12 @@ _weighting_option = click.option(
     help="Training weights: every capture of a class the same total weight, or every flow.")
 
 
-_members_option = click.option(
-    "--members", type=click.IntRange(1, 16), default=None,
-    help="CNN-LSTMs averaged in one model and trained together. Each adds the whole "
-         "network's inference time [default: 1].")
+def _members_option(default, extra=""):
+    return click.option(
+        "--members", type=click.IntRange(1, 16), default=None,
+        help="CNN-LSTMs trained one after the other, each with its own seed and validation "
+             "captures, and averaged in one model. Each adds one network's inference time "
+             f"[default: {default}]." + extra)
 
 
 @main.command()
@@ -452,7 +454,7 @@ _members_option = click.option(
 @click.option("--epochs", type=click.IntRange(1, 1000), default=15, show_default=True,
               help="Training epochs (a fixed number: no early stopping).")
 @_weighting_option
-@_members_option
+@_members_option(3)
 @click.option("--limit-captures", type=click.IntRange(1), default=None,
               help="Use only N captures, spread over the classes (for quick tests).")
 @_verbosity
@@ -492,7 +494,7 @@ def train(corpus, seed, vector_bytes, window_rule, no_server_port, context, port
               help="Also score the port, statistics and one-packet baselines.")
 @click.option("--int8/--no-int8", default=True, show_default=True, help="Also quantize and score int8 models.")
 @_weighting_option
-@_members_option
+@_members_option(1, " Every fold also scores the average of its --repeats networks.")
 @click.option("--class-weight-power", type=click.FloatRange(0, 1), default=None,
               help="Class balance of the training weights: 1 equal per class, 0 in proportion "
                    "to the class's captures (or flows) [default: 0.5].")
