@@ -85,7 +85,9 @@ class Preprocessing:
         context: end each vector with the flow context bytes (see the module docstring).
     """
 
-    vector_bytes: int = 568
+    # 48 header bytes, then the 8 context bytes and 256 port buckets. 304 header bytes
+    # scored no higher in cross-validation and cost inference time and memory per flow.
+    vector_bytes: int = 312
     window_packets: int = 3
     window_rule: str = "payload"
     server_port: bool = True

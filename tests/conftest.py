@@ -3,6 +3,7 @@ same reader, decoder, flow table and vectorizer the runner uses."""
 
 import collections
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -75,6 +76,16 @@ def run_cli(*args, timeout=300, **kwargs):
     """Run `python -m edge_etc ARGS`; return the CompletedProcess (text mode)."""
     return subprocess.run([sys.executable, "-m", "edge_etc", *args], capture_output=True,
                           text=True, timeout=timeout, **kwargs)
+
+
+def flows_in(records):
+    """Return how many distinct flows JSON-line flow records (str or bytes) name. With more
+    than one window per decision a flow has a second record when a window changes its label."""
+    keys = set()
+    for line in records.splitlines():
+        r = json.loads(line)
+        keys.add((r["proto"], r["src_ip"], r["src_port"], r["dst_ip"], r["dst_port"]))
+    return len(keys)
 
 
 def flow_name(flow):

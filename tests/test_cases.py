@@ -87,11 +87,12 @@ def test_snaplen64_vectors_zero_padded():
 @pytest.mark.parametrize("name,snaplen", [("snaplen64_tls_2flows.pcap", 64), ("snaplen40_l4_cut.pcap", 40)])
 def test_short_snaplen_warns_once(name, snaplen):
     from edge_etc.model import default_model_path, load_model_info
-    vector_bytes = load_model_info(default_model_path()).preprocessing.vector_bytes
+    header_bytes = load_model_info(default_model_path()).preprocessing.header_bytes
     r = run_cli("run", "--pcap", case(name))
     assert r.returncode == 0, r.stderr
-    # Ethernet takes 14 of the captured bytes; the warning comes when the rest cannot fill a vector.
-    expected = 1 if snaplen - 14 < vector_bytes else 0
+    # Ethernet takes 14 of the captured bytes; the warning comes when the rest cannot fill the
+    # header part of a vector (the context bytes do not come from the packet's bytes).
+    expected = 1 if snaplen - 14 < header_bytes else 0
     assert r.stderr.count(f"snapshot length {snaplen}") == expected
 
 
