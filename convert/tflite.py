@@ -282,6 +282,9 @@ def convert_command(keras_path, output, corpus, force, seed):
             json.dump(report, f, indent=1)
         raise ConversionError(f"{keras_path}: int8 agreement {agreement:.4f} < {MIN_AGREEMENT}; "
                               f"model not written (report in {report_path}); use --force to write it anyway")
+    if agreement < MIN_AGREEMENT:
+        log.warning("%s: int8 agreement %.4f < %s; writing it anyway (--force): its int8 labels "
+                    "often differ from the float model's", keras_path, agreement, MIN_AGREEMENT)
     with open(output, "wb") as f:
         f.write(tflite)
     with open(report_path, "w") as f:

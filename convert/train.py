@@ -314,14 +314,17 @@ def train_command(corpus, output, epochs, seed, vector_bytes, window_rule, no_se
     if not (data.y >= 0).any():
         raise ConfigError(f"{corpus}: no labelled windows in the selected captures")
     train_idx, test_idx = dataset.split_captures(captures, seed=seed)
+    held_out_note = ""
     if not test_idx:
-        log.warning("no capture is held out for testing: every class has a single capture; "
-                    "the model is trained and saved without held-out results")
+        held_out_note = ("no capture is held out for testing: every class has a single capture; "
+                         "the model is trained and saved without held-out results")
     elif len(test_idx) > 1.5 * dataset.HELD_OUT_SHARE * len(captures):
-        log.warning("%d of %d captures (%.0f%%) are held out for testing, not %.0f%%: a class "
-                    "with two or more captures holds out at least one", len(test_idx),
-                    len(captures), 100 * len(test_idx) / len(captures),
-                    100 * dataset.HELD_OUT_SHARE)
+        held_out_note = (f"{len(test_idx)} of {len(captures)} captures "
+                         f"({100 * len(test_idx) / len(captures):.0f}%) are held out for testing, "
+                         f"not {100 * dataset.HELD_OUT_SHARE:.0f}%: a class with two or more "
+                         "captures holds out at least one")
+    if held_out_note:
+        log.warning("%s", held_out_note)
     model, val_sets = fit(data, train_idx, settings, epochs, seed, return_val=True,
                           weighting=weighting, members=members)
     threshold = unknown_threshold(model, data, val_sets)
@@ -351,8 +354,12 @@ def train_command(corpus, output, epochs, seed, vector_bytes, window_rule, no_se
     }
     with open(os.path.join(output, "model.json"), "w") as f:
         json.dump(meta, f, indent=1)
-    text = (f"Held-out captures: {len(test_idx)} of {len(captures)} (split by capture file, seed {seed})\n"
-            f"Unknown threshold: {threshold:.2f} (reported flows above use no threshold)\n")
+    text = f"Held-out captures: {len(test_idx)} of {len(captures)} (split by capture file, seed {seed})\n"
+    if held_out_note:
+        text += f"  {held_out_note}\n"
+    text += (f"Networks averaged: {members} (seeds "
+             + ", ".join(str(seed + MEMBER_SEED_STEP * i) for i in range(members)) + ")\n"
+             f"Unknown threshold: {threshold:.2f} (reported flows above use no threshold)\n")
     if threshold_note:
         text += f"  {threshold_note}\n"
     text += "\n"

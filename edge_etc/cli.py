@@ -71,7 +71,10 @@ class _OneLineErrors(click.Group):
             sys.exit(e.exit_code)
         except click.UsageError as e:
             command = e.ctx.command_path if e.ctx else "edge-etc"
-            fail(f"{e.format_message()} Run '{command} --help' for the options.", e.exit_code)
+            message = e.format_message().rstrip()
+            if not message.endswith((".", "?", "!")):
+                message += "."
+            fail(f"{message} Run '{command} --help' for the options.", e.exit_code)
         except click.ClickException as e:
             fail(e.format_message(), e.exit_code)
         except click.Abort:
@@ -478,7 +481,7 @@ def train(corpus, seed, vector_bytes, window_rule, no_server_port, context, port
               "probabilities.npz (every test window's class probabilities).")
 @click.option("--preset", type=click.Choice(["full", "ci"]), default="full", show_default=True,
               help="full: 5 folds, 15 epochs, 3 training repeats; ci: 2 folds, 2 epochs, 30 "
-                   "captures, 1 repeat.")
+                   "captures, 2 repeats.")
 @click.option("--repeats", type=click.IntRange(1, 100), default=None,
               help="Train and score every network on the same folds this many times with "
                    "different seeds, and report the mean [default: the preset's].")

@@ -173,7 +173,7 @@ class CaptureConfig(_Section):
         "the kernel buffer (on an interface that offloads segmentation, whatever its MTU): "
         "with 65535 a 32 MiB buffer held about 500 packets, and a 2-core x86 VM dropped "
         "packets at 100,000 packets/s; with 2048 none up to 200,000. The bundled model reads "
-        "at most 304 bytes from the IP header on. IP fragments longer than this are dropped.",
+        "at most 48 bytes from the IP header on. IP fragments longer than this are dropped.",
         "--snaplen", "snaplen", unit="bytes", minimum=64, maximum=262144)
     promisc: bool = _setting(
         False, "Put the interface into promiscuous mode, to see traffic between other hosts "

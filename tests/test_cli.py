@@ -475,6 +475,8 @@ def test_train_few_captures_warns_and_reports(corpus, tmp_path):
     assert "Unknown threshold: 0.00" in report
     assert "no validation captures" in report
     assert "the model never reports unknown" in report
+    assert "10 of 20 captures (50%) are held out for testing" in report
+    assert "Networks averaged: 3 (seeds 0, 1000, 2000)" in report
 
 
 # --- a capture source from the command line and from the environment ------------------------
@@ -529,6 +531,8 @@ def test_invalid_variable_is_named(variable, option, value):
     (["run", "--no-such-option"], "No such option '--no-such-option'"),
     (["no-such-command"], "No such command 'no-such-command'"),
     (["run", "--pcap", PCAP, "--max-windows", "0"], "Invalid value for '--max-windows'"),
+    (["run", "--pcap", PCAP, "--iface", "lo"],
+     "give exactly one of --pcap FILE or --iface IFACE. Run '"),
 ])
 def test_usage_error_one_line(args, message):
     r = subprocess.run([sys.executable, "-m", "edge_etc", *args], capture_output=True, text=True,

@@ -139,6 +139,9 @@ def test_convert_unrolls_foreign_lstm(corpus, tmp_path):
     path = _save(keras.Model(inp, out), tmp_path / "foreign.h5")
     r = run_cli("convert", path, "--force", env=dict(os.environ, EDGE_ETC_CORPUS=corpus), timeout=900)
     assert r.returncode == 0, r.stderr[-2000:]
+    # --force writes a model under the agreement limit, with a warning that says so.
+    parity = json.loads((tmp_path / "foreign.tflite.parity.json").read_text())
+    assert ("writing it anyway (--force)" in r.stderr) == (parity["argmax_agreement"] < 0.95)
     info = run_cli("info", str(tmp_path / "foreign.tflite"))
     meta = json.loads(info.stdout)
     assert meta["preprocessing"]["vector_bytes"] == 64
