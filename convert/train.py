@@ -262,9 +262,9 @@ def validation_probabilities(model, data, val_sets):
     sums = np.zeros(per_member[0].shape)
     counts = np.zeros(len(x))
     for probs, val in zip(per_member, val_sets):
-        held = np.isin(capture, val)
-        sums[held] += probs[held]
-        counts[held] += 1
+        held_out = np.isin(capture, val)
+        sums[held_out] += probs[held_out]
+        counts[held_out] += 1
     return mask, (sums / counts[:, None]).astype(np.float32)
 
 

@@ -231,7 +231,7 @@ def main():
     subject = (f"The int8 average of {ensemble['members']} CNN-LSTMs" if ensemble
                else "The int8 CNN-LSTM")
     w(f"**{subject} ({int8:.3f}) {verdict} the best baseline, {best['name']} ({best_baseline:.3f}), "
-      f"by the 5 points the project aims for: the margin is {100 * (int8 - best_baseline):.1f} "
+      f"by the 5 points the project aims for. The margin is {100 * (int8 - best_baseline):.1f} "
       f"points.** On every fold{' of every repeat' if repeats > 1 and not ensemble else ''}, "
       f"its int8 and float forms differ by at most {max(diffs):.3f} flow macro-F1. That is "
       f"{parity}.{flips}\n")

@@ -90,8 +90,8 @@ def test_short_snaplen_warns_once(name, snaplen):
     header_bytes = load_model_info(default_model_path()).preprocessing.header_bytes
     r = run_cli("run", "--pcap", case(name))
     assert r.returncode == 0, r.stderr
-    # Ethernet takes 14 of the captured bytes; the warning comes when the rest cannot fill the
-    # header part of a vector (the context bytes do not come from the packet's bytes).
+    # Ethernet takes 14 of the captured bytes. The warning comes when the rest cannot fill
+    # the header part of a vector: the context bytes are not copied from the packet.
     expected = 1 if snaplen - 14 < header_bytes else 0
     assert r.stderr.count(f"snapshot length {snaplen}") == expected
 
