@@ -230,7 +230,7 @@ class Evaluation:
                   started=None):
         """Score models on folds `first_fold`, `first_fold` + 1, and so on.
 
-        `passes` holds one (model, validation sets, seed) per fold. With `finish` the pass
+        `passes` contains one (model, validation sets, seed) tuple per fold. With `finish` the pass
         is complete: its macro-F1 over all folds goes to out["repeat_*"], and its flows to
         `pooled`. `started` is when the first fold's training began, for its log line.
         """
@@ -420,7 +420,7 @@ class Evaluation:
                   "min_samples_leaf": leaves, "leaf_sizes": list(LEAF_SIZES), "inner_folds": INNER_FOLDS,
                   "overall": overall}
         if self.repeats > 1:
-            # The mean of the repeats' forests per fold, as the networks' "ensemble".
+            # The mean of the repeats' forests per fold, like the networks' average.
             folds, all_true, all_pred = [], [], []
             for f, (_, test_idx) in enumerate(splits):
                 te = data.select(test_idx)

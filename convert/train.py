@@ -41,10 +41,10 @@ EMA_MIN_SHARE_STEPS = 5
 BATCH_SIZE = 256
 # CNN-LSTMs averaged in one model by `edge-etc train` (`--members`, see `fit`). Each is
 # trained on its own, from its own seed and with its own validation captures. On the 5 folds
-# of `edge-etc evaluate`, the average of three such trainings scored 3 to 4 points of flow
-# macro-F1 more than one training, and its int8 form changed fewer flow decisions
+# of `edge-etc evaluate`, the average of three such trainings scored 0.433 flow macro-F1
+# int8 against 0.401 for one training, and its int8 form changed fewer flow decisions
 # (docs/EVALUATION.md). Each member adds one network's inference time: three networks of
-# 48 header bytes cost about what one network of 304 header bytes did.
+# 48 header bytes ran as fast as one network of 304 header bytes (benchmarks/RESULTS.md).
 MEMBERS = 3
 # Seed offset between members, the same as between the repeats of `edge-etc evaluate`, so
 # that the members of a fold's model there are its repeats' networks.
@@ -253,8 +253,11 @@ def validation_probabilities(model, data, val_sets):
     union = sorted(set().union(*map(set, val_sets)))
     mask = data.select(union)
     x = data.x[mask].astype(np.float32) / 255.0
-    if len(val_sets) == 1 or not mask.any():
-        return mask, model.predict(x, batch_size=512, verbose=0) if mask.any() else None
+    if not mask.any():
+        return mask, None
+    if len(val_sets) == 1:
+        return mask, model.predict(x, batch_size=512, verbose=0)
+
     keras = load_keras()
     outputs = [member_layers(model, i)["classes"].output for i in range(len(val_sets))]
     per_member = keras.Model(model.inputs, outputs).predict(x, batch_size=512, verbose=0)

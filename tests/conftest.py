@@ -79,8 +79,9 @@ def run_cli(*args, timeout=300, **kwargs):
 
 
 def flows_in(records):
-    """Return how many distinct flows JSON-line flow records (str or bytes) name. With more
-    than one window per decision a flow has a second record when a window changes its label."""
+    """Return the number of distinct flows in JSON-line flow records (str or bytes). With
+    more than one window per decision, a flow has a second record when a window changes its
+    label."""
     keys = set()
     for line in records.splitlines():
         r = json.loads(line)

@@ -103,11 +103,12 @@ def test_validation_probabilities_from_held_out_members():
     capture = np.array([0, 0, 1, 1, 2, 2, 3, 3, 0, 1, 2, 3])
     data = _Windows(x, capture)
     mask, probs = validation_probabilities(combined, data, [[0], [1], [0, 2]])
-    assert mask.tolist() == [c in (0, 1, 2) for c in capture]  # capture 3 is no one's
+    assert mask.tolist() == [c in (0, 1, 2) for c in capture]  # no member holds out capture 3
     own = [m.predict(x[mask].astype(np.float32) / 255.0, verbose=0) for m in models]
-    held = capture[mask]
-    expected = np.where((held == 0)[:, None], (own[0] + own[2]) / 2,
-                        np.where((held == 1)[:, None], own[1], own[2]))
+    validation_capture = capture[mask]
+    from_first = (validation_capture == 0)[:, None]  # held out by members 0 and 2
+    from_second = (validation_capture == 1)[:, None]  # held out by member 1 only
+    expected = np.where(from_first, (own[0] + own[2]) / 2, np.where(from_second, own[1], own[2]))
     np.testing.assert_allclose(probs, expected, rtol=1e-5, atol=1e-6)
 
 
@@ -139,7 +140,7 @@ def test_convert_unrolls_foreign_lstm(corpus, tmp_path):
     path = _save(keras.Model(inp, out), tmp_path / "foreign.h5")
     r = run_cli("convert", path, "--force", env=dict(os.environ, EDGE_ETC_CORPUS=corpus), timeout=900)
     assert r.returncode == 0, r.stderr[-2000:]
-    # --force writes a model under the agreement limit, with a warning that says so.
+    # --force writes a model under the agreement limit and logs a warning about it.
     parity = json.loads((tmp_path / "foreign.tflite.parity.json").read_text())
     assert ("writing it anyway (--force)" in r.stderr) == (parity["argmax_agreement"] < 0.95)
     info = run_cli("info", str(tmp_path / "foreign.tflite"))
