@@ -64,10 +64,26 @@ def depth_section(w, ev):
       "fewer windows than N is decided on the windows it has.\n")
     ensemble = ev["cnn_lstm"].get("ensemble")
     if ensemble and ensemble.get("depths"):
-        w(f"The average of the {ensemble['members']} repeats' networks per fold, as bundled:\n")
+        w(f"Averages of {ensemble['members']} networks per fold, as bundled ({groups_text(ensemble)}; "
+          "float per average):\n")
         depth_table(w, ensemble["depths"])
         w("Each network alone (all repeats):\n")
     depth_table(w, depths)
+
+
+def groups_text(ensemble):
+    """Name the repeats each average combines; runs without the list averaged all repeats."""
+    groups = ensemble.get("groups")
+    if not groups:
+        return "all the repeats"
+    return ", ".join(f"repeats {g[0]}-{g[-1]}" for g in groups)
+
+
+def average_cell(row):
+    per_average = row.get("repeat_macro_f1") or []
+    if len(per_average) < 2:
+        return f"{row['macro_f1']:.3f}"
+    return f"{row['macro_f1']:.3f} ({' '.join(f'{v:.3f}' for v in per_average)})"
 
 
 def depth_table(w, depths):
@@ -117,7 +133,8 @@ def application_section(w, ev, repeats):
       f"no application), and {apps['in_one_capture']} of them have a single capture. So most test "
       f"flows come from an application that no capture of the training part shows: {unseen} of "
       f"{total} flows. The table splits the flows by that; each cell is flow macro-F1 / accuracy"
-      + (f", with the CNN-LSTM as the average of the {ensemble['members']} repeats' networks" if ensemble else
+      + (f", with the CNN-LSTM as the averages of {ensemble['members']} networks, its flows counted "
+         "once per average" if ensemble else
          f"{', with the networks pooled over the repeats' if repeats > 1 else ''}") + ".\n")
     w("| application in a training capture | flows | CNN-LSTM float | CNN-LSTM int8 | server port only |")
     w("| --- | --- | --- | --- | --- |")
@@ -181,12 +198,13 @@ def main():
     if ensemble:
         n = ensemble["members"]
         w(f"- **Average of {n}** (the bundled model's design, `edge-etc train --members {n}`): per "
-          f"fold, the {n} repeats' networks are combined into one model whose output is the mean of "
-          "their class probabilities. That model is converted to int8 as a whole and scored like "
-          "a single network. Its unknown threshold is chosen on the validation flows, each scored "
-          "by the networks that did not train on its capture. For a fair comparison, the baselines "
-          f"with a seed are averaged the same way: the {n} forests of each fold (so {n * 200} trees), "
-          f"and the {n} one-packet CNNs.")
+          f"fold, the networks of {n} consecutive repeats ({groups_text(ensemble)}) are combined "
+          "into one model whose output is the mean of their class probabilities. That model is "
+          "converted to int8 as a whole and scored like a single network. Its unknown threshold "
+          "is chosen on the validation flows, each scored by the networks that did not train on "
+          "its capture. An average's figure is the mean over the averages, each listed beside "
+          "it. For a fair comparison, the baselines with a seed are averaged the same way: the "
+          f"{n} forests of each fold (so {n * 200} trees), and the {n} one-packet CNNs.")
     forests = [(name, ev[key]["min_samples_leaf"]) for key, name in
                (("stats", "without"), ("stats_port", "with")) if "min_samples_leaf" in ev.get(key, {})]
     if forests:
@@ -230,9 +248,17 @@ def main():
                  f"({n_changed / n_flows:.1%}) differently from the float one.")
     subject = (f"The int8 average of {ensemble['members']} CNN-LSTMs" if ensemble
                else "The int8 CNN-LSTM")
+    paired = ""
+    ours = next(r for r in ev["summary"] if r["name"] == int8_name)["repeat_macro_f1"]
+    theirs = best.get("repeat_macro_f1") or []
+    if ensemble and len(ours) > 1 and len(theirs) == len(ours):
+        margins = [100 * (a - b) for a, b in zip(ours, theirs)]
+        paired = (f" Average by average, on the same seeds, the margins are "
+                  f"{', '.join(f'{m:.1f}' for m in margins)} points.")
     w(f"**{subject} ({int8:.3f}) {verdict} the best baseline, {best['name']} ({best_baseline:.3f}), "
       f"by the 5 points the project aims for. The margin is {100 * (int8 - best_baseline):.1f} "
-      f"points.** On every fold{' of every repeat' if repeats > 1 and not ensemble else ''}, "
+      f"points.**{paired} On every fold"
+      f"{' of every repeat' if repeats > 1 and not ensemble else ' of every average' if ensemble else ''}, "
       f"its int8 and float forms differ by at most {max(diffs):.3f} flow macro-F1. That is "
       f"{parity}.{flips}\n")
     if ensemble:
@@ -255,13 +281,14 @@ def main():
         application_section(w, ev, repeats)
     depth_section(w, ev)
     bg = product["background"]
-    runs = 1 if ensemble else repeats
+    runs = len(ensemble.get("groups", [0])) if ensemble else repeats
+    noun = "average" if ensemble else "repeat"
     total = sum(b["flows"] for b in bg)
     wrong = sum(b["confident_wrong"] for b in bg)
     rejected = sum(b["known_rejected"] for b in bg)
     w("## Flows the model does not know\n")
     w(f"The corpus's `background` and `unknown` flows ({total // runs} flows with a complete window"
-      f"{f', counted once per repeat: {total}' if runs > 1 else ''}) are not "
+      f"{f', counted once per {noun}: {total}' if runs > 1 else ''}) are not "
       "training targets. Per fold, the threshold under which the runner reports `unknown` is the "
       "highest that rejects at most 5% of correctly classified validation flows "
       f"(thresholds: {', '.join(str(b['threshold']) for b in bg)}). At those thresholds "
@@ -271,20 +298,21 @@ def main():
         w("## Ablations\n")
         w("Each row changes one thing against the main settings; CNN-LSTM float, no baselines, same "
           "folds, with the repeats given in the table. The flow macro-F1 is the mean of the "
-          "networks' scores; the last column scores, per fold, the average of the repeats' "
-          "networks, as the bundled model does.\n")
-        w("| ablation | flags | repeats | flow macro-F1 | per repeat | per fold | average of the repeats |")
+          "networks' scores; the last column scores, per fold, averages of the networks of "
+          "consecutive repeats, as the bundled model does (the mean over the averages, each in "
+          "brackets when there are several).\n")
+        w("| ablation | flags | repeats | flow macro-F1 | per repeat | per fold | averages of networks |")
         w("| --- | --- | --- | --- | --- | --- | --- |")
 
         def ablation_row(name, flags, run):
             row = next(r for r in run["summary"] if r["name"] == "CNN-LSTM float")
-            average = next((r["macro_f1"] for r in run["summary"]
+            average = next((r for r in run["summary"]
                             if r["name"].startswith("CNN-LSTM float, average")), None)
             per_repeat = row.get("repeat_macro_f1") or [row["macro_f1"]]
             spread = " ".join(f"{v:.3f}" for v in per_repeat) if len(per_repeat) > 1 else "(one run)"
             w(f"| {name} | {flags} | {run.get('repeats', 1)} | {row['macro_f1']:.3f} | {spread} | "
               f"{' '.join(f'{v:.3f}' for v in row['fold_macro_f1'])} | "
-              f"{'' if average is None else f'{average:.3f}'} |")
+              f"{'' if average is None else average_cell(average)} |")
 
         ablation_row("main settings", "(none)", ev)
         for name, path in ablations:

@@ -454,8 +454,8 @@ def _members_option(default, extra=""):
 @_preprocessing_options
 @click.option("-o", "--output", metavar="DIR", default="model", show_default=True,
               help="Folder for model.h5, labels and settings.")
-@click.option("--epochs", type=click.IntRange(1, 1000), default=15, show_default=True,
-              help="Training epochs (a fixed number: no early stopping).")
+@click.option("--epochs", type=click.IntRange(1, 1000), default=None,
+              help="Training epochs (a fixed number: no early stopping) [default: 7].")
 @_weighting_option
 @_members_option(3)
 @click.option("--limit-captures", type=click.IntRange(1), default=None,
@@ -480,7 +480,7 @@ def train(corpus, seed, vector_bytes, window_rule, no_server_port, context, port
               help="Folder for evaluation.json, evaluation.txt, confusion matrices and "
               "probabilities.npz (every test window's class probabilities).")
 @click.option("--preset", type=click.Choice(["full", "ci"]), default="full", show_default=True,
-              help="full: 5 folds, 15 epochs, 3 training repeats; ci: 2 folds, 2 epochs, 30 "
+              help="full: 5 folds, 7 epochs, 9 training repeats; ci: 2 folds, 2 epochs, 30 "
                    "captures, 2 repeats.")
 @click.option("--repeats", type=click.IntRange(1, 100), default=None,
               help="Train and score every network on the same folds this many times with "

@@ -588,3 +588,23 @@ def test_stdin_named_stdin_in_errors():
                        input=b"text\n", capture_output=True, timeout=120)
     assert r.returncode == 2
     assert r.stderr.decode().strip() == "edge-etc: error: stdin: not a pcap or pcapng file (magic 74657874)"
+
+
+def test_training_help_states_defaults():
+    """The help of `train` and `evaluate` names the training module's defaults, which the
+    device-side command line cannot import."""
+    pytest.importorskip("tensorflow")
+    from edge_etc.convert import evaluate, train
+
+    def help_text(command):
+        r = subprocess.run([sys.executable, "-m", "edge_etc", command, "--help"],
+                           capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0
+        return " ".join(r.stdout.split())
+
+    train_help = help_text("train")
+    assert f"no early stopping) [default: {train.EPOCHS}]" in train_help
+    assert f"inference time [default: {train.MEMBERS}]" in train_help
+    full = evaluate.PRESETS["full"]
+    assert (f"full: {full['folds']} folds, {full['epochs']} epochs, {full['repeats']} training "
+            "repeats;") in help_text("evaluate")

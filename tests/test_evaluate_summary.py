@@ -4,7 +4,7 @@ import pytest
 
 pytest.importorskip("sklearn")  # convert.evaluate is training-side code
 
-from edge_etc.convert.evaluate import _summary_row  # noqa: E402
+from edge_etc.convert.evaluate import _summary_row, average_groups  # noqa: E402
 
 
 def report(f1):
@@ -36,6 +36,27 @@ def test_baseline_row_has_one_repeat():
     row = _summary_row("server port only", result)
     assert row["macro_f1"] == pytest.approx(0.42)
     assert row["repeat_macro_f1"] == [0.42]
+    assert row["fold_macro_f1"] == pytest.approx([0.3, 0.5])
+
+
+@pytest.mark.parametrize("repeats, groups", [
+    (1, []),
+    (2, [[0, 1]]),
+    (3, [[0, 1, 2]]),
+    (7, [[0, 1, 2], [3, 4, 5]]),  # repeat 6 has no group of three
+    (9, [[0, 1, 2], [3, 4, 5], [6, 7, 8]]),
+])
+def test_average_groups_of_three(repeats, groups):
+    assert average_groups(repeats) == groups
+
+
+def test_forest_averages_row_per_group():
+    # Two averages of two folds, the shape of run_stats_baseline's "ensemble".
+    result = {"folds": [report(v) for v in (0.2, 0.4, 0.4, 0.6)], "repeat": [0, 0, 1, 1],
+              "repeat_macro_f1": [0.31, 0.52], "overall": report(0.99)}
+    row = _summary_row("statistics, average of 3", result)
+    assert row["macro_f1"] == pytest.approx(0.415)
+    assert row["repeat_macro_f1"] == [0.31, 0.52]
     assert row["fold_macro_f1"] == pytest.approx([0.3, 0.5])
 
 
