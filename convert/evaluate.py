@@ -415,59 +415,52 @@ class Evaluation:
         """
         data = self.data
         feats = _stats_features(data.x, self.settings, with_port)
-        reports, repeat_of, leaves = [], [], []
-        pooled_true, pooled_pred, per_repeat = [], [], []
         splits = [self.split(f) for f in range(self.k)]
-        for train_idx, _ in splits:
-            leaves.append(self.choose_leaf(feats, train_idx))
+        leaves = [self.choose_leaf(feats, train_idx) for train_idx, _ in splits]
         fold_probs = [[] for _ in range(self.k)]
         for r in range(self.repeats):
-            all_true, all_pred = [], []
             for f, (train_idx, test_idx) in enumerate(splits):
                 seed = self.seed + f + REPEAT_SEED_STEP * r
-                probs, te = self._forest_probs(feats, train_idx, test_idx, leaves[f], seed, 200)
+                probs, _ = self._forest_probs(feats, train_idx, test_idx, leaves[f], seed, 200)
                 fold_probs[f].append(probs)
-                true, pred, _ = flow_decisions(probs, data.flow[te], data.position[te], data.flow_label,
-                                               self.max_windows)
-                known = true >= 0
-                reports.append(per_class_report(true[known], pred[known], data.classes))
-                repeat_of.append(r)
-                all_true.append(true[known])
-                all_pred.append(pred[known])
-            true, pred = np.concatenate(all_true), np.concatenate(all_pred)
-            per_repeat.append(per_class_report(true, pred, data.classes)["macro_f1"])
-            pooled_true.append(true)
-            pooled_pred.append(pred)
-        overall = per_class_report(np.concatenate(pooled_true), np.concatenate(pooled_pred), data.classes)
-        result = {"folds": reports, "repeat": repeat_of, "repeat_macro_f1": per_repeat,
-                  "min_samples_leaf": leaves, "leaf_sizes": list(LEAF_SIZES), "inner_folds": INNER_FOLDS,
-                  "overall": overall}
+        result = self._score_forests(splits, fold_probs, [[r] for r in range(self.repeats)])
+        result.update({"min_samples_leaf": leaves, "leaf_sizes": list(LEAF_SIZES),
+                       "inner_folds": INNER_FOLDS})
         if self.groups:
             # The mean of the forests of each group of repeats per fold, like the networks'
             # averages.
-            folds, group_of, per_group, pooled_true, pooled_pred = [], [], [], [], []
-            for g, group in enumerate(self.groups):
-                all_true, all_pred = [], []
-                for f, (_, test_idx) in enumerate(splits):
-                    te = data.select(test_idx)
-                    probs = sum(fold_probs[f][r] for r in group)
-                    true, pred, _ = flow_decisions(probs, data.flow[te], data.position[te],
-                                                   data.flow_label, self.max_windows)
-                    known = true >= 0
-                    folds.append(per_class_report(true[known], pred[known], data.classes))
-                    group_of.append(g)
-                    all_true.append(true[known])
-                    all_pred.append(pred[known])
-                true, pred = np.concatenate(all_true), np.concatenate(all_pred)
-                per_group.append(per_class_report(true, pred, data.classes)["macro_f1"])
-                pooled_true.append(true)
-                pooled_pred.append(pred)
-            result["ensemble"] = {
-                "folds": folds, "repeat": group_of, "repeat_macro_f1": per_group,
-                "members": len(self.groups[0]), "groups": [list(group) for group in self.groups],
-                "overall": per_class_report(np.concatenate(pooled_true), np.concatenate(pooled_pred),
-                                            data.classes)}
+            result["ensemble"] = self._score_forests(splits, fold_probs, self.groups)
+            result["ensemble"].update({"members": len(self.groups[0]),
+                                       "groups": [list(group) for group in self.groups]})
         return result
+
+    def _score_forests(self, splits, fold_probs, groups):
+        """Score the mean of the forests of each group of repeats on every fold.
+
+        Returns the per-fold reports with their group numbers ("repeat"), each group's
+        macro-F1 over all folds and the report of the flows of all groups pooled."""
+        data = self.data
+        reports, group_of, per_group, pooled_true, pooled_pred = [], [], [], [], []
+        for g, group in enumerate(groups):
+            all_true, all_pred = [], []
+            for f, (_, test_idx) in enumerate(splits):
+                te = data.select(test_idx)
+                probs = sum(fold_probs[f][r] for r in group)
+                true, pred, _ = flow_decisions(probs, data.flow[te], data.position[te],
+                                               data.flow_label, self.max_windows)
+                known = true >= 0
+                reports.append(per_class_report(true[known], pred[known], data.classes))
+                group_of.append(g)
+                all_true.append(true[known])
+                all_pred.append(pred[known])
+            true, pred = np.concatenate(all_true), np.concatenate(all_pred)
+            per_group.append(per_class_report(true, pred, data.classes)["macro_f1"])
+            pooled_true.append(true)
+            pooled_pred.append(pred)
+        overall = per_class_report(np.concatenate(pooled_true), np.concatenate(pooled_pred),
+                                   data.classes)
+        return {"folds": reports, "repeat": group_of, "repeat_macro_f1": per_group,
+                "overall": overall}
 
     def _forest_probs(self, feats, train_idx, test_idx, leaf, seed, trees):
         """Fit a forest on the labelled windows of captures `train_idx`; return its class
