@@ -85,9 +85,12 @@ def count_records(lines):
 
 
 def write_many_flows(folder):
-    """Write two captures of many flows: 3,000 interleaved TLS- and QUIC-like flows of 3 to
-    7 packets (benchmarks/gen_flows.py), and a SYN flood of 20,000 one-packet flows over
-    20 s followed by two TLS flows (tests/data/make_syn_flood.py). Return their paths."""
+    """Write three captures of many flows: 3,000 interleaved TLS- and QUIC-like flows of 3
+    to 7 packets (benchmarks/gen_flows.py), a SYN flood of 20,000 one-packet flows over
+    20 s followed by two TLS flows (tests/data/make_syn_flood.py), and 400 flows of varied
+    windows on other ports (make_own.varied_flows), which the bundled model relabels with
+    several windows per decision. Return their paths."""
+    import make_own
     import make_syn_flood
 
     flows = os.path.join(folder, "flows_3k.pcap")
@@ -96,7 +99,10 @@ def write_many_flows(folder):
                    cwd=os.path.join(ROOT, "benchmarks"))
     flood = os.path.join(folder, "syn_flood_20k.pcap")
     make_syn_flood.write(flood, 20_000)
-    return [flows, flood]
+    varied = os.path.join(folder, "varied_flows.pcap")
+    with open(varied, "wb") as f:
+        f.write(make_own.pcap(make_own.framed(make_own.varied_flows(), make_own.eth), 1))
+    return [flows, flood, varied]
 
 
 # --- whole runs, engine against Python ----------------------------------------------------
@@ -256,7 +262,7 @@ def test_cli_output_identical(name, args, tmp_path):
 
 @needs_engine
 def test_cli_many_flows_identical(tmp_path):
-    flows, flood = write_many_flows(str(tmp_path))
+    flows, flood = write_many_flows(str(tmp_path))[:2]
     for args in (["--pcap", flows, "--max-flows", "200", "--max-windows", "5"],
                  ["--pcap", flood, "--max-flows", "50", "--idle-timeout", "1"]):
         (fast_out, fast_summary, _), (slow_out, slow_summary, _) = run_cli_both(args, tmp_path)

@@ -293,6 +293,41 @@ def eth_two_flows(version=4):
     return framed(tls_two_flows(version), eth)
 
 
+def varied_flows(count=400, seed=SEED):
+    """Return (ts, ip_packet) pairs of `count` interleaved flows of 8 to 12 packets, on server
+    ports of several kinds of traffic, with random payload sizes, directions and gaps.
+
+    Their windows differ inside a flow, so with several windows per decision some flows
+    change label whatever the model: the path that writes a flow's record again."""
+    import random
+
+    rng = random.Random(seed)
+    ports = [(UDP, 3478), (UDP, 5060), (UDP, 27015), (UDP, 6881), (UDP, 1194), (UDP, 53),
+             (TCP, 22), (TCP, 5222), (TCP, 6881), (TCP, 8080), (TCP, 993), (TCP, 1935)]
+    flows = []
+    for i in range(count):
+        proto, server_port = ports[i % len(ports)]
+        client = addr(f"10.9.{i // 250}.{i % 250 + 1}")
+        server = addr(f"198.51.100.{i % 200 + 1}")
+        client_port = 40000 + i
+        seq = {True: rng.getrandbits(32), False: rng.getrandbits(32)}
+        packets = []
+        for _ in range(rng.randint(8, 12)):
+            from_client = rng.random() < 0.5
+            src, dst = (client, server) if from_client else (server, client)
+            sport, dport = (client_port, server_port) if from_client else (server_port, client_port)
+            payload = rng.randbytes(rng.choice([rng.randint(1, 80), rng.randint(100, 1400)]))
+            if proto == UDP:
+                body = udp(src, dst, sport, dport, payload)
+            else:
+                body = tcp(src, dst, sport, dport, seq[from_client], seq[not from_client], 0x18,
+                           payload)
+                seq[from_client] = (seq[from_client] + len(payload)) & 0xFFFFFFFF
+            packets.append(ipv4(src, dst, proto, body, ident=rng.getrandbits(16)))
+        flows.append(packets)
+    return _interleave(flows, 1_700_000_000.0, 0.003, rng)
+
+
 # --- file writers ----------------------------------------------------------------------------
 
 def pcap(records, linktype, endian="<", nano=False, snaplen=262144):
