@@ -71,6 +71,25 @@ def depth_section(w, ev):
     depth_table(w, depths)
 
 
+def first_repeats(ev, n):
+    """Return the summary of the main run's first `n` repeats, with the same seeds as
+    ablations run with `--repeats n`: the networks' rows and the first average."""
+    folds = ev["folds"]
+    net = ev["cnn_lstm"]
+    reports = net["float"][:n * folds]
+    per_repeat = net["repeat_float"][:n]
+    fold_f1 = [round(sum(reports[r * folds + f]["macro_f1"] for r in range(n)) / n, 4)
+               for f in range(folds)]
+    rows = [{"name": "CNN-LSTM float", "macro_f1": round(sum(per_repeat) / n, 4),
+             "repeat_macro_f1": per_repeat, "fold_macro_f1": fold_f1}]
+    ensemble = net.get("ensemble")
+    if ensemble and ensemble.get("groups", [[]])[0] == list(range(n)):
+        first = ensemble["repeat_float"][0]
+        rows.append({"name": f"CNN-LSTM float, average of {n}", "macro_f1": first,
+                     "repeat_macro_f1": [first]})
+    return {"summary": rows, "repeats": n}
+
+
 def groups_text(ensemble):
     """Name the repeats each average combines; runs without the list averaged all repeats."""
     groups = ensemble.get("groups")
@@ -221,7 +240,7 @@ def main():
       "runner's own classifier (ai-edge-litert).")
     w(f"- Settings: `{json.dumps({k: v for k, v in ev['settings'].items() if k not in ('format', 'version')})}`\n")
     w("## Results against the baselines\n")
-    w("| model | flow macro-F1, all folds | per repeat | per fold |")
+    w("| model | flow macro-F1, all folds | per repeat or average | per fold |")
     w("| --- | --- | --- | --- |")
     for r in ev["summary"]:
         per_repeat = r.get("repeat_macro_f1") or [r["macro_f1"]]
@@ -244,17 +263,22 @@ def main():
     if changed:
         n_changed = sum(c["changed"] for c in changed)
         n_flows = sum(c["flows"] for c in changed)
+        counted = ("; each flow counts once per average" if ensemble and len(ensemble.get("groups", [])) > 1
+                   else "")
         flips = (f" The int8 model decides {n_changed} of the {n_flows} labelled flows "
-                 f"({n_changed / n_flows:.1%}) differently from the float one.")
+                 f"({n_changed / n_flows:.1%}{counted}) differently from the float one.")
     subject = (f"The int8 average of {ensemble['members']} CNN-LSTMs" if ensemble
                else "The int8 CNN-LSTM")
     paired = ""
     ours = next(r for r in ev["summary"] if r["name"] == int8_name)["repeat_macro_f1"]
-    theirs = best.get("repeat_macro_f1") or []
+    # The best baseline's averages, on the same seeds as the CNN-LSTM's.
+    best_averaged = next((r for r in baselines if ", average of" in r["name"]
+                          and r["name"].startswith(best["name"].split(",")[0])), best)
+    theirs = best_averaged.get("repeat_macro_f1") or []
     if ensemble and len(ours) > 1 and len(theirs) == len(ours):
         margins = [100 * (a - b) for a, b in zip(ours, theirs)]
-        paired = (f" Average by average, on the same seeds, the margins are "
-                  f"{', '.join(f'{m:.1f}' for m in margins)} points.")
+        paired = (f" Average by average, on the same seeds, the margins over "
+                  f"{best_averaged['name']} are {', '.join(f'{m:.1f}' for m in margins)} points.")
     w(f"**{subject} ({int8:.3f}) {verdict} the best baseline, {best['name']} ({best_baseline:.3f}), "
       f"by the 5 points the project aims for. The margin is {100 * (int8 - best_baseline):.1f} "
       f"points.**{paired} On every fold"
@@ -267,7 +291,9 @@ def main():
         single_int8 = next(r for r in ev["summary"] if r["name"] == "CNN-LSTM int8")["macro_f1"]
         w(f"One network alone scores {single_int8:.3f} int8 (mean of the {repeats} repeats), and its int8 "
           f"and float forms differ by up to {max(single_diffs):.3f} on a fold.\n")
-    pooled = (", all folds" if ensemble or repeats == 1 else ", all folds and repeats")
+    several = ensemble and len(ensemble.get("groups", [])) > 1
+    pooled = (", all folds and averages" if several else
+              ", all folds" if ensemble or repeats == 1 else ", all folds and repeats")
     w(f"### {subject[4:]}, per class (flows{pooled})\n")
     w(per_class_table(product["overall_int8"]))
     w("")
@@ -295,12 +321,16 @@ def main():
       f"{wrong} of {total} background flows ({wrong / total:.0%}) still get a confident label, and "
       f"{rejected} labelled test flows are turned into `unknown`.\n")
     if ablations:
+        runs = [(name, load(path)) for name, path in ablations]
+        paired = min((a.get("repeats", 1) for _, a in runs), default=ev.get("repeats", 1))
         w("## Ablations\n")
         w("Each row changes one thing against the main settings; CNN-LSTM float, no baselines, same "
           "folds, with the repeats given in the table. The flow macro-F1 is the mean of the "
           "networks' scores; the last column scores, per fold, averages of the networks of "
           "consecutive repeats, as the bundled model does (the mean over the averages, each in "
-          "brackets when there are several).\n")
+          "brackets when there are several)."
+          + (f" The first row is the main run's first {paired} repeats, which have the "
+             "ablations' seeds." if paired < ev.get("repeats", 1) else "") + "\n")
         w("| ablation | flags | repeats | flow macro-F1 | per repeat | per fold | averages of networks |")
         w("| --- | --- | --- | --- | --- | --- | --- |")
 
@@ -314,9 +344,11 @@ def main():
               f"{' '.join(f'{v:.3f}' for v in row['fold_macro_f1'])} | "
               f"{'' if average is None else average_cell(average)} |")
 
-        ablation_row("main settings", "(none)", ev)
-        for name, path in ablations:
-            a = load(path)
+        if paired < ev.get("repeats", 1):
+            ablation_row(f"main settings, repeats 0-{paired - 1}", "(none)", first_repeats(ev, paired))
+        else:
+            ablation_row("main settings", "(none)", ev)
+        for name, a in runs:
             ablation_row(name, f"`{a.get('flags', '')}`", a)
         w("")
     if notes:

@@ -492,7 +492,8 @@ def train(corpus, seed, vector_bytes, window_rule, no_server_port, context, port
               show_default=True,
               help="Windows combined per flow decision (ablation: 5).")
 @click.option("--first-only", is_flag=True,
-              help="Ablation: train on windows from the first packets of flows only.")
+              help="Ablation: train on windows from the first packets of flows only, for "
+                   "as many steps as a training on all windows takes.")
 @click.option("--baselines/--no-baselines", default=True, show_default=True,
               help="Also score the port, statistics and one-packet baselines.")
 @click.option("--int8/--no-int8", default=True, show_default=True, help="Also quantize and score int8 models.")
