@@ -128,8 +128,8 @@ def average_groups(repeats, size=MEMBERS):
     `size` repeats (fewer when there are fewer repeats), none with fewer than two.
 
     Averages of three networks trained for 15 epochs scored 0.435 flow macro-F1 (float)
-    with the first three seeds, and 0.317 and 0.398 with the next two groups of three: one
-    average is too few to compare models by a few points.
+    with repeats 0-2, and 0.317 and 0.398 with repeats 3-5 and 6-8. So one average is too
+    few to compare models a few points apart.
     """
     size = min(size, repeats)
     if size < 2:

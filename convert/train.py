@@ -41,8 +41,8 @@ EMA_MIN_SHARE_STEPS = 5
 BATCH_SIZE = 256
 # Training epochs of `edge-etc train` and `evaluate` (a fixed number: no early stopping).
 # Averaged over 15 trainings of the 5 folds of `evaluate`, the inner validation captures'
-# loss was lowest after 3 epochs and their accuracy highest after 4, then both worsened
-# while the training loss kept falling: the network learns the training captures. The
+# loss was lowest after 3 epochs and their accuracy highest after 4. Then both worsened
+# while the training loss kept falling, because the network learns the training captures. The
 # weights' moving average is centred about two epochs before the last. Over 9 seeds of the
 # folds, 7 epochs instead of 15 raised the flow macro-F1 of one network from 0.368 to
 # 0.384 and that of averages of three from 0.392 to 0.408 (float).

@@ -85,11 +85,13 @@ def count_records(lines):
 
 
 def write_many_flows(folder):
-    """Write three captures of many flows: 3,000 interleaved TLS- and QUIC-like flows of 3
-    to 7 packets (benchmarks/gen_flows.py), a SYN flood of 20,000 one-packet flows over
-    20 s followed by two TLS flows (tests/data/make_syn_flood.py), and 400 flows of varied
+    """Write three captures of many flows and return their paths.
+
+    They are 3,000 interleaved TLS- and QUIC-like flows of 3 to 7 packets
+    (benchmarks/gen_flows.py), and a SYN flood of 20,000 one-packet flows over 20 s followed
+    by two TLS flows (tests/data/make_syn_flood.py). The third has 400 flows of varied
     windows on other ports (make_own.varied_flows), which the bundled model relabels with
-    several windows per decision. Return their paths."""
+    several windows per decision."""
     import make_own
     import make_syn_flood
 

@@ -67,21 +67,20 @@ def test_ema_momentum_long_and_short_trainings():
     assert ema_momentum(1) == 0.0
 
 
-def test_flow_start_training_takes_the_full_steps():
+def test_flow_start_epochs_match_steps():
     from edge_etc.convert.dataset import Windows
-    from edge_etc.convert.train import BATCH_SIZE, _epochs_for_same_steps
+    from edge_etc.convert.train import _epochs_for_same_steps
     from edge_etc.preprocess import Preprocessing
 
     data = Windows(Preprocessing(), [])
     # Capture 0: 1,000 labelled windows, capture 1: 300 more and 200 unlabelled ones.
     data.capture = np.repeat([0, 1, 1], [1000, 300, 200])
     data.y = np.repeat([2, 3, -1], [1000, 300, 200])
-    # 1,300 labelled windows are 6 batches: 15 epochs take 90 steps. 100 flow starts fit
-    # in one batch, so they need 90 epochs; over both captures' windows, the same 15.
+    # 1,300 labelled windows are 6 batches, so 15 epochs take 90 steps. 100 flow starts fit
+    # in one batch, so they need 90 epochs. Over both captures' windows, the same 15.
     assert _epochs_for_same_steps(data, [0, 1], 100, 15) == 90
     assert _epochs_for_same_steps(data, [0, 1], 1300, 15) == 15
     # 300 windows are 2 batches: 45 epochs over them are the 90 steps.
     assert _epochs_for_same_steps(data, [0, 1], 300, 15) == 45
-    assert 1300 // BATCH_SIZE + 1 == 6
     # Capture 1 alone: 300 labelled windows, 2 batches, 30 steps.
     assert _epochs_for_same_steps(data, [1], 100, 15) == 30
