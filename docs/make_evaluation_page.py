@@ -42,7 +42,7 @@ def store(directory, main_run, ablations):
         run = load(path)
         int8 = "overall_int8" in run.get("cnn_lstm", {})
         summary = {key: run[key] for key in ("flags", "repeats", "seconds", "settings") if key in run}
-        summary["summary"] = [r for r in run["summary"] if r["name"].startswith("CNN-LSTM float")]
+        summary["summary"] = [r for r in run["summary"] if r["name"].startswith("CNN-LSTM")]
         summary["cnn_lstm"] = {"overall_int8": True} if int8 else {}
         with open(os.path.join(directory, f"ablation-{slug(name)}.json"), "w") as f:
             json.dump(summary, f, indent=1)

@@ -428,7 +428,7 @@ def _preprocessing_options(f):
         click.option("--no-server-port", is_flag=True, help="Mask the server port too."),
         click.option("--context/--no-context", default=None,
                      help="End each packet vector with flow context bytes (direction, gap, size, "
-                          "port) [default: the preprocessing default]."),
+                          "port, TCP flags) [default: the preprocessing default]."),
         click.option("--port-buckets", type=click.IntRange(0, 4096), default=None,
                      help="One-hot server port buckets after the context bytes (needs --context)."),
     ]
@@ -498,7 +498,8 @@ def train(corpus, seed, vector_bytes, window_rule, no_server_port, context, port
               help="Also score the port, statistics and one-packet baselines.")
 @click.option("--int8/--no-int8", default=True, show_default=True, help="Also quantize and score int8 models.")
 @_weighting_option
-@_members_option(1, " Every fold also scores the average of its --repeats networks.")
+@_members_option(1, " Every fold also scores averages of the networks of three consecutive "
+                    "repeats (repeats 0-2, 3-5, ...).")
 @click.option("--class-weight-power", type=click.FloatRange(0, 1), default=None,
               help="Class balance of the training weights: 1 equal per class, 0 in proportion "
                    "to the class's captures (or flows) [default: 0.5].")
