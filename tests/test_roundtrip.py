@@ -240,6 +240,44 @@ def test_evaluate_ci_preset(corpus, tmp_path):
         assert 0 <= changed["changed"] <= changed["flows"]
 
 
+def test_evaluate_averages_groups_of_three(corpus, tmp_path):
+    """Six repeats make two averages of three networks per fold, each the mean of its own
+    repeats' probabilities, and the summary row lists both."""
+    out = tmp_path / "evaluation"
+    env = dict(os.environ, EDGE_ETC_CORPUS=corpus)
+    r = run_cli("evaluate", "--preset", "ci", "--repeats", "6", "--no-baselines", "--no-int8",
+                "-o", str(out), "-q", env=env, timeout=1200)
+    assert r.returncode == 0, r.stderr[-2000:]
+    result = json.loads((out / "evaluation.json").read_text())
+    ensemble = result["cnn_lstm"]["ensemble"]
+    assert ensemble["groups"] == [[0, 1, 2], [3, 4, 5]]
+    assert ensemble["members"] == 3
+    folds = result["folds"]
+    assert len(ensemble["float"]) == 2 * folds
+    assert ensemble["repeat"] == [0] * folds + [1] * folds
+    row = next(row for row in result["summary"] if row["name"] == "CNN-LSTM float, average of 3")
+    assert row["repeat_macro_f1"] == ensemble["repeat_float"]
+    assert len(row["repeat_macro_f1"]) == 2
+    assert row["macro_f1"] == pytest.approx(sum(row["repeat_macro_f1"]) / 2, abs=1e-4)
+
+    saved = np.load(out / "probabilities.npz")
+    from edge_etc.convert.metrics import flow_decisions, per_class_report
+    for g, group in enumerate(ensemble["groups"]):
+        for fold in range(folds):
+            probs, flows, positions = [], None, None
+            for repeat in group:
+                m = (saved["repeat"] == repeat) & (saved["fold"] == fold)
+                order = np.argsort(saved["window"][m])
+                probs.append(saved["float"][m][order])
+                flows, positions = saved["flow"][m][order], saved["position"][m][order]
+            true, pred, _ = flow_decisions(sum(probs) / 3, flows, positions, saved["flow_label"], 1)
+            known = true >= 0
+            again = per_class_report(true[known], pred[known], list(saved["classes"]))
+            report = ensemble["float"][g * folds + fold]
+            # One combined model against three separate ones: a near tie may flip a flow.
+            assert np.abs(np.array(again["confusion"]) - np.array(report["confusion"])).sum() <= 2
+
+
 def test_forest_leaf_ignores_test_captures(corpus):
     """The random forest's leaf size for a fold is chosen on its training captures alone:
     replacing the test captures' features with noise changes nothing."""
