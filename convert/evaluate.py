@@ -180,7 +180,7 @@ class Evaluation:
         per fold, averages of the fold's networks (`average_groups`: three repeats each,
         the bundled model's members), each converted to int8 as one model. The first
         average is what `edge-etc train` makes, since its member i has the seed of repeat
-        i. Its per-repeat lists run over the averages.
+        i. In out["ensemble"], the per-repeat lists hold one entry per average.
         """
         out = self._new_result()
         pooled = {"true": [], "float": [], "int8": [], "seen": []}
@@ -826,7 +826,8 @@ def evaluate_command(corpus, output, preset, seed, vector_bytes, window_rule, no
         text += ["", f"Averages of {ensemble['members']} networks. " + depths[0], *depths[1:]]
     with open(os.path.join(output, "evaluation.txt"), "w") as f:
         f.write("\n".join(text) + "\n")
-    # The matrices of the model as bundled: the averages of networks when scored.
+    # The matrices of the model as bundled: the averages of three networks, when the run
+    # scored them.
     product, title = ((ensemble, f"CNN-LSTM, average of {ensemble['members']}") if ensemble
                       else (results["cnn_lstm"], "CNN-LSTM"))
     save_confusion_png(product["overall_float"], classes,
