@@ -142,7 +142,7 @@ class Evaluation:
 
     def __init__(self, corpus, settings, captures, folds, epochs, seed, max_windows, first_only,
                  int8=True, class_power=None, weighting=None, repeats=1, members=None,
-                 name="CNN-LSTM"):
+                 name="CNN-LSTM", average_size=MEMBERS):
         self.settings = settings
         self.data = dataset.build_windows(corpus, settings, captures, seed=seed)
         self.captures = captures
@@ -157,7 +157,7 @@ class Evaluation:
         self.weighting = weighting or DEFAULT_WEIGHTING
         self.repeats = repeats
         self.members = members or 1
-        self.groups = average_groups(repeats)
+        self.groups = average_groups(repeats, average_size)
         self.name = name  # the network's name in log lines
 
     def split(self, f):
@@ -682,9 +682,10 @@ def machine_info():
 def evaluate_command(corpus, output, preset, seed, vector_bytes, window_rule, no_server_port,
                      no_mask_addresses, context, window_packets, max_windows, first_only,
                      baselines, int8, port_buckets=None, class_power=None, weighting=None,
-                     repeats=None, members=None):
+                     repeats=None, members=None, average_size=None):
     corpus = corpus or dataset.default_corpus()
     members = members or 1
+    average_size = average_size or MEMBERS
     cfg = PRESETS[preset]
     repeats = repeats or cfg["repeats"]
     settings = settings_from_options(vector_bytes=vector_bytes, window_rule=window_rule,
@@ -699,7 +700,7 @@ def evaluate_command(corpus, output, preset, seed, vector_bytes, window_rule, no
     os.makedirs(output, exist_ok=True)
     ev = Evaluation(corpus, settings, captures, cfg["folds"], cfg["epochs"], seed, max_windows,
                     first_only, int8=int8, class_power=class_power, weighting=weighting,
-                    repeats=repeats, members=members)
+                    repeats=repeats, members=members, average_size=average_size)
     flags = []
     if no_server_port:
         flags.append("--no-server-port")
@@ -717,6 +718,8 @@ def evaluate_command(corpus, output, preset, seed, vector_bytes, window_rule, no
         flags.append(f"--vector-bytes {vector_bytes}")
     if members != 1:
         flags.append(f"--members {members}")
+    if average_size != MEMBERS:
+        flags.append(f"--average-size {average_size}")
     if window_rule is not None:
         flags.append(f"--window-rule {window_rule}")
     if context is not None:
@@ -726,7 +729,7 @@ def evaluate_command(corpus, output, preset, seed, vector_bytes, window_rule, no
     results = {"flags": " ".join(flags), "settings": settings.to_dict(), "preset": preset, "folds": cfg["folds"],
                "epochs": cfg["epochs"], "seed": seed, "max_windows": max_windows,
                "first_only": first_only, "captures": len(captures), "repeats": repeats,
-               "members": members, "weighting": _weighting_text(ev.weighting, class_power),
+               "members": members, "average_size": average_size, "weighting": _weighting_text(ev.weighting, class_power),
                "machine": machine_info()}
     per_application = collections.Counter(c.application.lower() for c in captures)
     results["applications"] = {"names": len(per_application),
@@ -736,7 +739,7 @@ def evaluate_command(corpus, output, preset, seed, vector_bytes, window_rule, no
     rows = [_summary_row("CNN-LSTM float", results["cnn_lstm"], "overall_float")]
     if int8:
         rows.append(_summary_row("CNN-LSTM int8", results["cnn_lstm"], "overall_int8"))
-    groups = average_groups(repeats)
+    groups = average_groups(repeats, average_size)
     averaged = f", average of {len(groups[0])}" if groups else ""
     if "ensemble" in results["cnn_lstm"]:
         rows.append(_summary_row("CNN-LSTM float" + averaged, results["cnn_lstm"]["ensemble"], "overall_float"))
@@ -750,7 +753,7 @@ def evaluate_command(corpus, output, preset, seed, vector_bytes, window_rule, no
             corpus, Preprocessing(**{**settings.to_dict_plain(), "context": True, "server_port": True,
                                      "vector_bytes": settings.header_bytes + 8, "port_buckets": 0}),
             captures, cfg["folds"], cfg["epochs"], seed, max_windows, first_only, int8=False,
-            weighting=weighting, repeats=repeats)
+            weighting=weighting, repeats=repeats, average_size=average_size)
         results["stats"] = stats_ev.run_stats_baseline(with_port=False)
         rows.append(_summary_row("statistics (random forest)", results["stats"]))
         results["stats_port"] = stats_ev.run_stats_baseline(with_port=True)
@@ -762,7 +765,7 @@ def evaluate_command(corpus, output, preset, seed, vector_bytes, window_rule, no
             one = Evaluation(corpus, Preprocessing(**{**settings.to_dict_plain(), "window_packets": 1}),
                              captures, cfg["folds"], cfg["epochs"], seed, max_windows, first_only, int8=False,
                              weighting=weighting, repeats=repeats, members=members,
-                             name="one-packet CNN")
+                             name="one-packet CNN", average_size=average_size)
             results["one_packet_cnn"] = one.run_model()
             rows.append(_summary_row("one-packet CNN", results["one_packet_cnn"], "overall_float"))
             if "ensemble" in results["one_packet_cnn"]:

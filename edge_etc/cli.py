@@ -498,15 +498,19 @@ def train(corpus, seed, vector_bytes, window_rule, no_server_port, context, port
               help="Also score the port, statistics and one-packet baselines.")
 @click.option("--int8/--no-int8", default=True, show_default=True, help="Also quantize and score int8 models.")
 @_weighting_option
-@_members_option(1, " Every fold also scores averages of the networks of three consecutive "
-                    "repeats (repeats 0-2, 3-5, ...).")
+@_members_option(1)
+@click.option("--average-size", type=click.IntRange(2, 100), default=None,
+              help="Networks per average: every fold also scores averages of the networks of "
+                   "this many consecutive repeats (with 3: repeats 0-2, 3-5, ...), each "
+                   "converted to int8 as one model, as `train --members` makes them "
+                   "[default: 3, the bundled model's members].")
 @click.option("--class-weight-power", type=click.FloatRange(0, 1), default=None,
               help="Class balance of the training weights: 1 equal per class, 0 in proportion "
                    "to the class's captures (or flows) [default: 0.5].")
 @_verbosity
 def evaluate(corpus, seed, vector_bytes, window_rule, no_server_port, context, port_buckets, output,
              preset, repeats, window_packets, no_mask_addresses, max_windows, first_only, baselines,
-             int8, weighting, members, class_weight_power, verbose, quiet):
+             int8, weighting, members, average_size, class_weight_power, verbose, quiet):
     """Cross-validate the CNN-LSTM by capture file, with baselines and ablations."""
     setup_logging(verbose, quiet)
     mod = _training_module("evaluate")
@@ -515,7 +519,7 @@ def evaluate(corpus, seed, vector_bytes, window_rule, no_server_port, context, p
                              no_mask_addresses, context, window_packets, max_windows, first_only,
                              baselines, int8, port_buckets=port_buckets,
                              class_power=class_weight_power, weighting=weighting, repeats=repeats,
-                             members=members)
+                             members=members, average_size=average_size)
     except EdgeEtcError as e:
         fail(str(e), e.exit_code)
 

@@ -606,5 +606,7 @@ def test_training_help_states_defaults():
     assert f"no early stopping) [default: {train.EPOCHS}]" in train_help
     assert f"inference time [default: {train.MEMBERS}]" in train_help
     full = evaluate.PRESETS["full"]
+    evaluate_help = help_text("evaluate")
     assert (f"full: {full['folds']} folds, {full['epochs']} epochs, {full['repeats']} training "
-            "repeats;") in help_text("evaluate")
+            "repeats;") in evaluate_help
+    assert f"[default: {train.MEMBERS}, the bundled model's members]" in evaluate_help

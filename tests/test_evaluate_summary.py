@@ -50,6 +50,11 @@ def test_average_groups_of_three(repeats, groups):
     assert average_groups(repeats) == groups
 
 
+def test_average_groups_of_five():
+    assert average_groups(10, 5) == [[0, 1, 2, 3, 4], [5, 6, 7, 8, 9]]
+    assert average_groups(9, 5) == [[0, 1, 2, 3, 4]]
+
+
 def test_forest_averages_row_per_group():
     # Two averages of two folds, the shape of run_stats_baseline's "ensemble".
     result = {"folds": [report(v) for v in (0.2, 0.4, 0.4, 0.6)], "repeat": [0, 0, 1, 1],

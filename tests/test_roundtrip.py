@@ -240,22 +240,25 @@ def test_evaluate_ci_preset(corpus, tmp_path):
         assert 0 <= changed["changed"] <= changed["flows"]
 
 
-def test_evaluate_averages_groups_of_three(corpus, tmp_path):
-    """Six repeats make two averages of three networks per fold, each the mean of its own
-    repeats' probabilities, and the summary row lists both."""
+def test_evaluate_average_size_groups(corpus, tmp_path):
+    """Four repeats with --average-size 2 make two averages of two networks per fold, each
+    the mean of its own repeats' probabilities, and the summary row lists both."""
     out = tmp_path / "evaluation"
     env = dict(os.environ, EDGE_ETC_CORPUS=corpus)
-    r = run_cli("evaluate", "--preset", "ci", "--repeats", "6", "--no-baselines", "--no-int8",
+    r = run_cli("evaluate", "--preset", "ci", "--repeats", "4", "--average-size", "2",
+                "--no-baselines", "--no-int8",
                 "-o", str(out), "-q", env=env, timeout=1200)
     assert r.returncode == 0, r.stderr[-2000:]
     result = json.loads((out / "evaluation.json").read_text())
     ensemble = result["cnn_lstm"]["ensemble"]
-    assert ensemble["groups"] == [[0, 1, 2], [3, 4, 5]]
-    assert ensemble["members"] == 3
+    assert ensemble["groups"] == [[0, 1], [2, 3]]
+    assert ensemble["members"] == 2
+    assert result["average_size"] == 2
+    assert "--average-size 2" in result["flags"]
     folds = result["folds"]
     assert len(ensemble["float"]) == 2 * folds
     assert ensemble["repeat"] == [0] * folds + [1] * folds
-    row = next(row for row in result["summary"] if row["name"] == "CNN-LSTM float, average of 3")
+    row = next(row for row in result["summary"] if row["name"] == "CNN-LSTM float, average of 2")
     assert row["repeat_macro_f1"] == ensemble["repeat_float"]
     assert len(row["repeat_macro_f1"]) == 2
     assert row["macro_f1"] == pytest.approx(sum(row["repeat_macro_f1"]) / 2, abs=1e-4)
@@ -270,11 +273,11 @@ def test_evaluate_averages_groups_of_three(corpus, tmp_path):
                 order = np.argsort(saved["window"][m])
                 probs.append(saved["float"][m][order])
                 flows, positions = saved["flow"][m][order], saved["position"][m][order]
-            true, pred, _ = flow_decisions(sum(probs) / 3, flows, positions, saved["flow_label"], 1)
+            true, pred, _ = flow_decisions(sum(probs) / len(group), flows, positions, saved["flow_label"], 1)
             known = true >= 0
             again = per_class_report(true[known], pred[known], list(saved["classes"]))
             report = ensemble["float"][g * folds + fold]
-            # One combined model against three separate ones: a near tie may flip a flow.
+            # One combined model against two separate ones: a near tie may flip a flow.
             assert np.abs(np.array(again["confusion"]) - np.array(report["confusion"])).sum() <= 2
 
 
