@@ -1,17 +1,18 @@
 """Render docs/EVALUATION.md from the output folders of `edge-etc evaluate`.
 
-Usage: python docs/make_evaluation_page.py MAIN [NAME=ABLATION ...] [--notes FILE]
-           [--store DIR] > docs/EVALUATION.md
+Usage: python docs/make_evaluation_page.py MAIN [NAME=ABLATION ...] [--averages RUN]
+           [--notes FILE] [--store DIR] > docs/EVALUATION.md
        python docs/make_evaluation_page.py --stored DIR [--notes FILE] > docs/EVALUATION.md
 
 MAIN is a run with baselines and int8; each NAME=ABLATION is an ablation run, listed with
 the flags it was run with. Each is an output folder of `edge-etc evaluate` or a JSON file
-of the kind --store writes. FILE, a hand-written findings section, is appended after the
-tables (docs/evaluation/findings.md).
+of the kind --store writes. RUN is a run with baselines and int8 made with another
+`--average-size`, shown in a section of its own. FILE, a hand-written findings section, is
+appended after the tables (docs/evaluation/findings.md).
 
 --store DIR writes what the page needs of each run into DIR: main.json and one
-ablation-NAME.json per ablation, with its summary row and flags only, and index.json, the
-ablations' names and files in order. --stored DIR renders the page again from DIR alone
+ablation-NAME.json per ablation, with its summary row and flags only, index.json, the
+ablations' names and files in order, and averages.json, what the page shows of RUN. --stored DIR renders the page again from DIR alone
 (docs/evaluation/runs/ in the repository).
 """
 
@@ -31,9 +32,31 @@ def slug(name):
     return "".join(c if c.isalnum() else "-" for c in name.lower())
 
 
-def store(directory, main_run, ablations):
+def trim_averages_run(run):
+    """Return what `results_section` reads of a run: its summary rows and the per-fold scores
+    of its averages and networks."""
+    def scores(result):
+        return {"float": [{"macro_f1": r["macro_f1"]} for r in result["float"]],
+                "int8": [{"macro_f1": r["macro_f1"]} for r in result["int8"]]}
+
+    net = run["cnn_lstm"]
+    ensemble = net["ensemble"]
+    trimmed = {key: run[key] for key in ("flags", "repeats", "seconds", "settings", "folds", "summary")}
+    # Runs from before `evaluate --average-size` averaged the bundled model's members.
+    trimmed["average_size"] = run.get("average_size", ensemble["members"])
+    trimmed["cnn_lstm"] = {**scores(net), "ensemble": {
+        **scores(ensemble), "members": ensemble["members"], "groups": ensemble["groups"],
+        "int8_changed": ensemble["int8_changed"], "repeat_float": ensemble["repeat_float"]}}
+    return trimmed
+
+
+def store(directory, main_run, ablations, averages=None):
     """Write the runs the page is made of into `directory` (see the module docstring)."""
     os.makedirs(directory, exist_ok=True)
+    if averages is not None:
+        with open(os.path.join(directory, "averages.json"), "w") as f:
+            json.dump(trim_averages_run(averages), f, indent=None, separators=(",", ":"))
+            f.write("\n")
     with open(os.path.join(directory, "main.json"), "w") as f:
         json.dump(main_run, f, indent=None, separators=(",", ":"))
     index = []
@@ -71,9 +94,10 @@ def depth_section(w, ev):
     depth_table(w, depths)
 
 
-def first_repeats(ev, n):
+def first_repeats(ev, n, averages=None):
     """Return the summary of the main run's first `n` repeats, with the same seeds as
-    ablations run with `--repeats n`: the networks' rows and the first average."""
+    ablations run with `--repeats n`: the networks' rows and the average of their networks,
+    from the main run or else from the `averages` run when one of them averaged them."""
     folds = ev["folds"]
     net = ev["cnn_lstm"]
     reports = net["float"][:n * folds]
@@ -82,8 +106,9 @@ def first_repeats(ev, n):
                for f in range(folds)]
     rows = [{"name": "CNN-LSTM float", "macro_f1": round(sum(per_repeat) / n, 4),
              "repeat_macro_f1": per_repeat, "fold_macro_f1": fold_f1}]
-    ensemble = net.get("ensemble")
-    if ensemble and ensemble.get("groups", [[]])[0] == list(range(n)):
+    ensembles = [run["cnn_lstm"].get("ensemble") for run in (ev, averages) if run]
+    ensemble = next((e for e in ensembles if e and e.get("groups", [[]])[0] == list(range(n))), None)
+    if ensemble:
         first = ensemble["repeat_float"][0]
         rows.append({"name": f"CNN-LSTM float, average of {n}", "macro_f1": first,
                      "repeat_macro_f1": [first]})
@@ -164,10 +189,77 @@ def application_section(w, ev, repeats):
     w("")
 
 
+def results_section(w, ev):
+    """Write the summary table of a run with baselines and the verdict on the project's
+    targets. Return the scored product (the averages, or the networks) and its name."""
+    ensemble = ev["cnn_lstm"].get("ensemble")
+    repeats = ev.get("repeats", 1)
+    w("| model | flow macro-F1, all folds | per repeat or average | per fold |")
+    w("| --- | --- | --- | --- |")
+    for r in ev["summary"]:
+        per_repeat = r.get("repeat_macro_f1") or [r["macro_f1"]]
+        spread = (" ".join(f"{v:.3f}" for v in per_repeat) if len(per_repeat) > 1 else
+                  "(one average)" if ", average of" in r["name"] else "(one run)")
+        w(f"| {r['name']} | {r['macro_f1']:.3f} | {spread} | {' '.join(f'{v:.3f}' for v in r['fold_macro_f1'])} |")
+    w("")
+    baselines = [r for r in ev["summary"] if not r["name"].startswith("CNN-LSTM")]
+    best = max(baselines, key=lambda r: r["macro_f1"])
+    best_baseline = best["macro_f1"]
+    product = ensemble or ev["cnn_lstm"]
+    int8_name = f"CNN-LSTM int8, average of {ensemble['members']}" if ensemble else "CNN-LSTM int8"
+    int8 = next(r for r in ev["summary"] if r["name"] == int8_name)["macro_f1"]
+    diffs = [abs(a["macro_f1"] - b["macro_f1"]) for a, b in zip(product["float"], product["int8"])]
+    verdict = "beats" if int8 >= best_baseline + 0.05 else "does not beat"
+    parity = ("within the 1 point the project aims for" if max(diffs) <= 0.01
+              else "more than the 1 point the project aims for")
+    changed = product.get("int8_changed")
+    flips = ""
+    if changed:
+        n_changed = sum(c["changed"] for c in changed)
+        n_flows = sum(c["flows"] for c in changed)
+        counted = ("; each flow counts once per average" if ensemble and len(ensemble.get("groups", [])) > 1
+                   else "")
+        flips = (f" The int8 model decides {n_changed} of the {n_flows} labelled flows "
+                 f"({n_changed / n_flows:.1%}{counted}) differently from the float one.")
+    subject = (f"The int8 average of {ensemble['members']} CNN-LSTMs" if ensemble
+               else "The int8 CNN-LSTM")
+    paired = ""
+    ours = next(r for r in ev["summary"] if r["name"] == int8_name)["repeat_macro_f1"]
+    # The best baseline's averages, on the same seeds as the CNN-LSTM's.
+    best_averaged = next((r for r in baselines if ", average of" in r["name"]
+                          and r["name"].startswith(best["name"].split(",")[0])), best)
+    theirs = best_averaged.get("repeat_macro_f1") or []
+    if ensemble and len(ours) > 1 and len(theirs) == len(ours):
+        margins = [100 * (a - b) for a, b in zip(ours, theirs)]
+        paired = (f" Average by average, on the same seeds, the margins over "
+                  f"{best_averaged['name']} are {', '.join(f'{m:.1f}' for m in margins)} points.")
+    w(f"**{subject} ({int8:.3f}) {verdict} the best baseline, {best['name']} ({best_baseline:.3f}), "
+      f"by the 5 points the project aims for. The margin is {100 * (int8 - best_baseline):.1f} "
+      f"points.**{paired} On every fold"
+      f"{' of every repeat' if repeats > 1 and not ensemble else ' of every average' if ensemble else ''}, "
+      f"its int8 and float forms differ by at most {max(diffs):.3f} flow macro-F1. That is "
+      f"{parity}.{flips}\n")
+    return product, subject
+
+
+def averages_section(w, run, main_ensemble):
+    """Write the section of a run that scores averages of another number of networks."""
+    n = run["average_size"]
+    ensemble = run["cnn_lstm"]["ensemble"]
+    w(f"## Averages of {n} networks\n")
+    w(f"The same folds and seeds as the main run, with {run['repeats']} repeats scored as averages of "
+      f"{n} networks ({groups_text(ensemble)}), each converted to int8 as one model: "
+      f"`edge-etc evaluate --repeats {run['repeats']} --average-size {n}`, {run['seconds'] / 60:.0f} "
+      "minutes. The baselines with a seed are averaged the same way."
+      + (f" The bundled model has {main_ensemble['members']} networks; the findings below say "
+         "why." if main_ensemble else "") + "\n")
+    results_section(w, run)
+
+
 def main():
     args = sys.argv[1:]
     options = {}
-    for option in ("--notes", "--store", "--stored"):
+    for option in ("--notes", "--store", "--stored", "--averages"):
         if option in args:
             at = args.index(option)
             options[option] = args[at + 1]
@@ -178,11 +270,14 @@ def main():
         with open(os.path.join(stored, "index.json")) as f:
             ablations = [(name, os.path.join(stored, file)) for name, file in json.load(f)]
         args = [os.path.join(stored, "main.json")]
+        if os.path.exists(os.path.join(stored, "averages.json")):
+            options["--averages"] = os.path.join(stored, "averages.json")
     else:
         ablations = [arg.split("=", 1) for arg in args[1:]]
     ev = load(args[0])
+    averages = trim_averages_run(load(options["--averages"])) if "--averages" in options else None
     if "--store" in options:
-        store(options["--store"], ev, ablations)
+        store(options["--store"], ev, ablations, averages)
     classes = list(ev["cnn_lstm"]["overall_float"]["classes"])
     out = []
     w = out.append
@@ -240,51 +335,7 @@ def main():
       "runner's own classifier (ai-edge-litert).")
     w(f"- Settings: `{json.dumps({k: v for k, v in ev['settings'].items() if k not in ('format', 'version')})}`\n")
     w("## Results against the baselines\n")
-    w("| model | flow macro-F1, all folds | per repeat or average | per fold |")
-    w("| --- | --- | --- | --- |")
-    for r in ev["summary"]:
-        per_repeat = r.get("repeat_macro_f1") or [r["macro_f1"]]
-        spread = (" ".join(f"{v:.3f}" for v in per_repeat) if len(per_repeat) > 1 else
-                  "(one average)" if ", average of" in r["name"] else "(one run)")
-        w(f"| {r['name']} | {r['macro_f1']:.3f} | {spread} | {' '.join(f'{v:.3f}' for v in r['fold_macro_f1'])} |")
-    w("")
-    baselines = [r for r in ev["summary"] if not r["name"].startswith("CNN-LSTM")]
-    best = max(baselines, key=lambda r: r["macro_f1"])
-    best_baseline = best["macro_f1"]
-    product = ensemble or ev["cnn_lstm"]
-    int8_name = f"CNN-LSTM int8, average of {ensemble['members']}" if ensemble else "CNN-LSTM int8"
-    int8 = next(r for r in ev["summary"] if r["name"] == int8_name)["macro_f1"]
-    diffs = [abs(a["macro_f1"] - b["macro_f1"]) for a, b in zip(product["float"], product["int8"])]
-    verdict = "beats" if int8 >= best_baseline + 0.05 else "does not beat"
-    parity = ("within the 1 point the project aims for" if max(diffs) <= 0.01
-              else "more than the 1 point the project aims for")
-    changed = product.get("int8_changed")
-    flips = ""
-    if changed:
-        n_changed = sum(c["changed"] for c in changed)
-        n_flows = sum(c["flows"] for c in changed)
-        counted = ("; each flow counts once per average" if ensemble and len(ensemble.get("groups", [])) > 1
-                   else "")
-        flips = (f" The int8 model decides {n_changed} of the {n_flows} labelled flows "
-                 f"({n_changed / n_flows:.1%}{counted}) differently from the float one.")
-    subject = (f"The int8 average of {ensemble['members']} CNN-LSTMs" if ensemble
-               else "The int8 CNN-LSTM")
-    paired = ""
-    ours = next(r for r in ev["summary"] if r["name"] == int8_name)["repeat_macro_f1"]
-    # The best baseline's averages, on the same seeds as the CNN-LSTM's.
-    best_averaged = next((r for r in baselines if ", average of" in r["name"]
-                          and r["name"].startswith(best["name"].split(",")[0])), best)
-    theirs = best_averaged.get("repeat_macro_f1") or []
-    if ensemble and len(ours) > 1 and len(theirs) == len(ours):
-        margins = [100 * (a - b) for a, b in zip(ours, theirs)]
-        paired = (f" Average by average, on the same seeds, the margins over "
-                  f"{best_averaged['name']} are {', '.join(f'{m:.1f}' for m in margins)} points.")
-    w(f"**{subject} ({int8:.3f}) {verdict} the best baseline, {best['name']} ({best_baseline:.3f}), "
-      f"by the 5 points the project aims for. The margin is {100 * (int8 - best_baseline):.1f} "
-      f"points.**{paired} On every fold"
-      f"{' of every repeat' if repeats > 1 and not ensemble else ' of every average' if ensemble else ''}, "
-      f"its int8 and float forms differ by at most {max(diffs):.3f} flow macro-F1. That is "
-      f"{parity}.{flips}\n")
+    product, subject = results_section(w, ev)
     if ensemble:
         single = ev["cnn_lstm"]
         single_diffs = [abs(a["macro_f1"] - b["macro_f1"]) for a, b in zip(single["float"], single["int8"])]
@@ -320,6 +371,8 @@ def main():
       f"(thresholds: {', '.join(str(b['threshold']) for b in bg)}). At those thresholds "
       f"{wrong} of {total} background flows ({wrong / total:.0%}) still get a confident label, and "
       f"{rejected} labelled test flows are turned into `unknown`.\n")
+    if averages:
+        averages_section(w, averages, ensemble)
     if ablations:
         runs = [(name, load(path)) for name, path in ablations]
         paired = min((a.get("repeats", 1) for _, a in runs), default=ev.get("repeats", 1))
@@ -345,7 +398,8 @@ def main():
               f"{'' if average is None else average_cell(average)} |")
 
         if paired < ev.get("repeats", 1):
-            ablation_row(f"main settings, repeats 0-{paired - 1}", "(none)", first_repeats(ev, paired))
+            ablation_row(f"main settings, repeats 0-{paired - 1}", "(none)",
+                         first_repeats(ev, paired, averages))
         else:
             ablation_row("main settings", "(none)", ev)
         for name, a in runs:
@@ -358,13 +412,17 @@ def main():
     w("```sh")
     w("export EDGE_ETC_CORPUS=/path/to/corpus")
     w("edge-etc evaluate -o evaluation                      # main run: baselines and int8")
+    if averages:
+        n = averages["average_size"]
+        w(f"edge-etc evaluate -o averages-of-{n} --repeats {averages['repeats']} --average-size {n}")
     for name, path in ablations:
         a = load(path)
         int8 = "" if "overall_int8" in a.get("cnn_lstm", {}) else " --no-int8"
         w(f"edge-etc evaluate -o ablation-{name.replace(' ', '-')} {a.get('flags', '')} "
           f"--repeats {a.get('repeats', 1)} --no-baselines{int8}")
     w("python docs/make_evaluation_page.py evaluation 'NAME=ablation-DIR' ... "
-      "--notes docs/evaluation/findings.md --store docs/evaluation/runs > docs/EVALUATION.md")
+      + (f"--averages averages-of-{averages['average_size']} " if averages else "")
+      + "--notes docs/evaluation/findings.md --store docs/evaluation/runs > docs/EVALUATION.md")
     w("# or again from the runs stored in the repository:")
     w("python docs/make_evaluation_page.py --stored docs/evaluation/runs "
       "--notes docs/evaluation/findings.md > docs/EVALUATION.md")
@@ -375,8 +433,10 @@ def main():
                    f"{m['tensorflow']} (CPU), numpy {m['numpy']}")
     else:  # runs from before evaluate recorded its machine
         machine = "not recorded by this run"
+    total = ev["seconds"] + (averages["seconds"] if averages else 0)
+    total += sum(load(p)["seconds"] for _, p in ablations)
     w(f"Machine: {machine}. The main run took {ev['seconds'] / 60:.0f} minutes; the whole page, "
-      f"main run and ablations, took {(ev['seconds'] + sum(load(p)['seconds'] for _, p in ablations)) / 60:.0f} "
+      f"main run{', averages' if averages else ''} and ablations, took {total / 60:.0f} "
       "minutes. `edge-etc evaluate --preset ci` is the small version "
       "(2 folds, 2 epochs, 30 captures, 2 repeats) for CI.")
     print("\n".join(out))
