@@ -44,8 +44,9 @@ from .train import (CLASS_WEIGHT_POWER, DEFAULT_WEIGHTING, EPOCHS, MEMBERS,
 log = logging.getLogger(__name__)
 
 PRESETS = {
-    # Nine repeats make three averages of three networks (see `average_groups`).
-    "full": {"folds": 5, "epochs": EPOCHS, "limit_captures": None, "repeats": 9},
+    # Ten repeats make two averages of five networks, the bundled model's members (see
+    # `average_groups`).
+    "full": {"folds": 5, "epochs": EPOCHS, "limit_captures": None, "repeats": 10},
     # Two repeats, so that the average of the repeats' networks is scored too.
     "ci": {"folds": 2, "epochs": 2, "limit_captures": 30, "repeats": 2},
 }
@@ -177,8 +178,8 @@ class Evaluation:
         pool the flows of every repeat.
 
         With several repeats of one-member networks, out["ensemble"] scores the same way,
-        per fold, averages of the fold's networks (`average_groups`: three repeats each,
-        the bundled model's members), each converted to int8 as one model. The first
+        per fold, averages of the fold's networks (`average_groups`: `average_size` repeats
+        each, by default the bundled model's members), each converted to int8 as one model. The first
         average is what `edge-etc train` makes, since its member i has the seed of repeat
         i. In out["ensemble"], the per-repeat lists hold one entry per average.
         """
@@ -829,8 +830,8 @@ def evaluate_command(corpus, output, preset, seed, vector_bytes, window_rule, no
         text += ["", f"Averages of {ensemble['members']} networks. " + depths[0], *depths[1:]]
     with open(os.path.join(output, "evaluation.txt"), "w") as f:
         f.write("\n".join(text) + "\n")
-    # The matrices of the model as bundled: the averages of three networks, when the run
-    # scored them.
+    # The matrices of the model as bundled: the averages of its members' networks, when the
+    # run scored them.
     product, title = ((ensemble, f"CNN-LSTM, average of {ensemble['members']}") if ensemble
                       else (results["cnn_lstm"], "CNN-LSTM"))
     save_confusion_png(product["overall_float"], classes,

@@ -457,7 +457,7 @@ def _members_option(default, extra=""):
 @click.option("--epochs", type=click.IntRange(1, 1000), default=None,
               help="Training epochs (a fixed number: no early stopping) [default: 7].")
 @_weighting_option
-@_members_option(3)
+@_members_option(5)
 @click.option("--limit-captures", type=click.IntRange(1), default=None,
               help="Use only N captures, spread over the classes (for quick tests).")
 @_verbosity
@@ -480,7 +480,7 @@ def train(corpus, seed, vector_bytes, window_rule, no_server_port, context, port
               help="Folder for evaluation.json, evaluation.txt, confusion matrices and "
               "probabilities.npz (every test window's class probabilities).")
 @click.option("--preset", type=click.Choice(["full", "ci"]), default="full", show_default=True,
-              help="full: 5 folds, 7 epochs, 9 training repeats; ci: 2 folds, 2 epochs, 30 "
+              help="full: 5 folds, 7 epochs, 10 training repeats; ci: 2 folds, 2 epochs, 30 "
                    "captures, 2 repeats.")
 @click.option("--repeats", type=click.IntRange(1, 100), default=None,
               help="Train and score every network on the same folds this many times with "
@@ -503,7 +503,7 @@ def train(corpus, seed, vector_bytes, window_rule, no_server_port, context, port
               help="Networks per average: every fold also scores averages of the networks of "
                    "this many consecutive repeats (with 3: repeats 0-2, 3-5, ...), each "
                    "converted to int8 as one model, as `train --members` makes them "
-                   "[default: 3, the bundled model's members].")
+                   "[default: 5, the bundled model's members].")
 @click.option("--class-weight-power", type=click.FloatRange(0, 1), default=None,
               help="Class balance of the training weights: 1 equal per class, 0 in proportion "
                    "to the class's captures (or flows) [default: 0.5].")

@@ -476,7 +476,7 @@ def test_train_few_captures_warns_and_reports(corpus, tmp_path):
     assert "no validation captures" in report
     assert "the model never reports unknown" in report
     assert "10 of 20 captures (50%) are held out for testing" in report
-    assert "Networks averaged: 3 (seeds 0, 1000, 2000)" in report
+    assert "Networks averaged: 5 (seeds 0, 1000, 2000, 3000, 4000)" in report
 
 
 # --- a capture source from the command line and from the environment ------------------------

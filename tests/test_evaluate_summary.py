@@ -47,12 +47,18 @@ def test_baseline_row_has_one_repeat():
     (9, [[0, 1, 2], [3, 4, 5], [6, 7, 8]]),
 ])
 def test_average_groups_of_three(repeats, groups):
-    assert average_groups(repeats) == groups
+    assert average_groups(repeats, 3) == groups
 
 
 def test_average_groups_of_five():
     assert average_groups(10, 5) == [[0, 1, 2, 3, 4], [5, 6, 7, 8, 9]]
     assert average_groups(9, 5) == [[0, 1, 2, 3, 4]]
+
+
+def test_average_groups_default_is_members():
+    from edge_etc.convert.train import MEMBERS
+
+    assert average_groups(10) == average_groups(10, MEMBERS)
 
 
 def test_forest_averages_row_per_group():

@@ -24,7 +24,8 @@ def test_train_convert_run(corpus, tmp_path):
     assert "oneDNN" not in r.stderr, r.stderr
     meta = json.loads((out / "model.json").read_text())
     assert not set(meta["split"]["train"]) & set(meta["split"]["test"])
-    assert meta["members"] == 3  # the default: three trainings averaged in one model
+    from edge_etc.convert.train import MEMBERS
+    assert meta["members"] == MEMBERS  # the default number of trainings averaged in one model
 
     r = run_cli("convert", str(out / "model.h5"), "--force", "-q", env=env, timeout=900)
     assert r.returncode == 0, r.stderr[-2000:]
