@@ -179,9 +179,9 @@ class Evaluation:
 
         With several repeats of one-member networks, out["ensemble"] scores the same way,
         per fold, averages of the fold's networks (`average_groups`: `average_size` repeats
-        each, by default the bundled model's members), each converted to int8 as one model. The first
-        average is what `edge-etc train` makes, since its member i has the seed of repeat
-        i. In out["ensemble"], the per-repeat lists hold one entry per average.
+        each, by default the bundled model's members), each converted to int8 as one model.
+        The first average is what `edge-etc train` makes, since its member i has the seed of
+        repeat i. In out["ensemble"], the per-repeat lists hold one entry per average.
         """
         out = self._new_result()
         pooled = {"true": [], "float": [], "int8": [], "seen": []}

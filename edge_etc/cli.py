@@ -442,12 +442,12 @@ _weighting_option = click.option(
     help="Training weights: every capture of a class the same total weight, or every flow.")
 
 
-def _members_option(default, extra=""):
+def _members_option(default):
     return click.option(
         "--members", type=click.IntRange(1, 16), default=None,
         help="CNN-LSTMs trained one after the other, each with its own seed and validation "
              "captures, and averaged in one model. Each adds one network's inference time "
-             f"[default: {default}]." + extra)
+             f"[default: {default}].")
 
 
 @main.command()
