@@ -194,6 +194,7 @@ def results_section(w, ev):
     targets. Return the scored product (the averages, or the networks) and its name."""
     ensemble = ev["cnn_lstm"].get("ensemble")
     repeats = ev.get("repeats", 1)
+
     w("| model | flow macro-F1, all folds | per repeat or average | per fold |")
     w("| --- | --- | --- | --- |")
     for r in ev["summary"]:
@@ -202,6 +203,7 @@ def results_section(w, ev):
                   "(one average)" if ", average of" in r["name"] else "(one run)")
         w(f"| {r['name']} | {r['macro_f1']:.3f} | {spread} | {' '.join(f'{v:.3f}' for v in r['fold_macro_f1'])} |")
     w("")
+
     baselines = [r for r in ev["summary"] if not r["name"].startswith("CNN-LSTM")]
     best = max(baselines, key=lambda r: r["macro_f1"])
     best_baseline = best["macro_f1"]
@@ -212,6 +214,7 @@ def results_section(w, ev):
     verdict = "beats" if int8 >= best_baseline + 0.05 else "does not beat"
     parity = ("within the 1 point the project aims for" if max(diffs) <= 0.01
               else "more than the 1 point the project aims for")
+
     changed = product.get("int8_changed")
     flips = ""
     if changed:
@@ -223,6 +226,7 @@ def results_section(w, ev):
                  f"({n_changed / n_flows:.1%}{counted}) differently from the float one.")
     subject = (f"The int8 average of {ensemble['members']} CNN-LSTMs" if ensemble
                else "The int8 CNN-LSTM")
+
     paired = ""
     ours = next(r for r in ev["summary"] if r["name"] == int8_name)["repeat_macro_f1"]
     # The best baseline's averages, on the same seeds as the CNN-LSTM's.
@@ -233,6 +237,7 @@ def results_section(w, ev):
         margins = [100 * (a - b) for a, b in zip(ours, theirs)]
         paired = (f" Average by average, on the same seeds, the margins over "
                   f"{best_averaged['name']} are {', '.join(f'{m:.1f}' for m in margins)} points.")
+
     w(f"**{subject} ({int8:.3f}) {verdict} the best baseline, {best['name']} ({best_baseline:.3f}), "
       f"by the 5 points the project aims for. The margin is {100 * (int8 - best_baseline):.1f} "
       f"points.**{paired} On every fold"
