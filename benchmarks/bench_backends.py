@@ -32,7 +32,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_MODEL = os.path.join(ROOT, "edge_etc", "models", "default.tflite")
 DEFAULT_CORPUS = os.environ.get("EDGE_ETC_CORPUS") or os.path.join(ROOT, "..", "shared", "corpus")
 BATCH = 64
-FLOW_WINDOWS = 5  # the runner's default --max-windows
+FLOW_WINDOWS = 5  # windows per flow decision compared (the runner decides on 1 by default)
 PAIRS = (("numpy", "litert"), ("numpy-reference", "litert-reference"),
          ("numpy-reference", "litert"), ("litert-reference", "litert"))
 
@@ -127,24 +127,34 @@ def corpus_windows(corpus, model_path):
     return windows.x, windows.flow, windows.position
 
 
-def flow_labels(outputs, flow, position):
+def class_scores(outputs, networks):
+    """Return scores proportional to the class probabilities: each network's softmax has
+    zero point -128, and a model of several networks puts out one block per network, which
+    the runner averages."""
+    q = outputs.astype(np.float64) + 128
+    return q.reshape(len(q), networks, -1).sum(axis=1)
+
+
+def flow_labels(outputs, flow, position, networks):
     """Return the class per flow: argmax of the mean of its first FLOW_WINDOWS outputs."""
     chosen = position < FLOW_WINDOWS
     flows, inverse = np.unique(flow[chosen], return_inverse=True)
-    sums = np.zeros((len(flows), outputs.shape[1]))
-    np.add.at(sums, inverse, outputs[chosen].astype(np.float64) + 128)
+    scores = class_scores(outputs[chosen], networks)
+    sums = np.zeros((len(flows), scores.shape[1]))
+    np.add.at(sums, inverse, scores)
     return sums.argmax(axis=1)
 
 
-def print_agreement(outputs, what, flow=None, position=None):
+def print_agreement(outputs, what, networks, flow=None, position=None):
     for a, b in PAIRS:
         steps = np.abs(outputs[a] - outputs[b]).max(axis=1)
-        labels = np.mean(outputs[a].argmax(axis=1) == outputs[b].argmax(axis=1))
+        labels = np.mean(class_scores(outputs[a], networks).argmax(axis=1)
+                         == class_scores(outputs[b], networks).argmax(axis=1))
         line = (f"{a} vs {b}: identical {np.mean(steps == 0):.4%} ({int(np.sum(steps > 0))} differ), "
                 f"max {steps.max()} steps, labels equal {labels:.4%} ({len(steps)} {what})")
         if flow is not None:
-            flows_a = flow_labels(outputs[a], flow, position)
-            flows_b = flow_labels(outputs[b], flow, position)
+            flows_a = flow_labels(outputs[a], flow, position, networks)
+            flows_b = flow_labels(outputs[b], flow, position, networks)
             line += f"; flow labels equal {int(np.sum(flows_a == flows_b))} of {len(flows_a)}"
         print(line)
 
@@ -178,13 +188,16 @@ def main():
     interpreters = create_interpreters(data, BATCH)
     x = random_input(interpreters["numpy"], args.windows, seed=2)
     outputs = {name: run(i, x).astype(np.int32) for name, i in interpreters.items()}
-    print_agreement(outputs, "random windows")
+    from edge_etc.model import load_model_info
+
+    networks = load_model_info(args.model).networks
+    print_agreement(outputs, "random windows", networks)
 
     if os.path.isfile(os.path.join(args.corpus, "FLOWS.tsv")):
         raw, flow, position = corpus_windows(args.corpus, args.model)
         x = input_table(interpreters["numpy"])[raw]
         outputs = {name: run(i, x).astype(np.int32) for name, i in interpreters.items()}
-        print_agreement(outputs, "corpus windows", flow, position)
+        print_agreement(outputs, "corpus windows", networks, flow, position)
     else:
         print(f"corpus not found at {args.corpus}: corpus agreement not measured")
 

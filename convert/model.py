@@ -44,7 +44,8 @@ def build_model(window_packets, vector_bytes, n_classes, filters=(16, 16), featu
     With `members` > 1, the model holds that many independent CNN-LSTMs (layer names
     prefixed "m1_", "m2_", ...) on the same input, and its output is the mean of their class
     probabilities. `edge-etc train` trains the members one by one and copies their weights
-    in (train.combine_members).
+    in (train.combine_members). `edge-etc convert` keeps the members' outputs apart in the
+    int8 model, and the runner takes their mean (tflite.member_outputs).
     """
     keras = load_keras()
     layers = keras.layers

@@ -7,7 +7,10 @@ Steps:
 2. Rebuild it with every LSTM unrolled and `recurrent_dropout` set to 0 (training-only),
    weights copied: the TFLite converter quantizes only the unrolled form. For the
    conversion, an LSTM that returns its last state is then written out with one dense
-   layer per gate (`gate_lstm.GateLSTM`), which rounds less in int8.
+   layer per gate (`gate_lstm.GateLSTM`), which rounds less in int8. A model that
+   averages several networks (its last layer an Average of softmaxes) is converted with
+   the networks' probabilities side by side as its output (`member_outputs`); the runner
+   averages them after dequantizing.
 3. Calibrate and convert in a child process (`edge_etc.convert.convert_worker`), because
    the converter can die with a segmentation fault; a crash becomes a one-line error.
    Calibration windows come from the shared preprocessing on the training captures: raw
@@ -117,6 +120,25 @@ def unrolled_copy(model):
     return clone
 
 
+def member_outputs(model):
+    """Return (model, networks): a model whose output is the probabilities of every averaged
+    network side by side, and their number, when `model` ends in an Average layer;
+    otherwise (`model`, 1).
+
+    In int8, an in-graph mean is rounded to the output's steps of 1/256, so two classes
+    within 1/256 of each other tie and the first one wins, whatever the float model said.
+    The runner's mean of the separate outputs has steps of 1/(256 x networks).
+    """
+    keras = load_keras()
+    last = model.layers[-1]
+    if type(last).__name__ != "Average":
+        return model, 1
+    parts = last.input
+    log.info("converting the %d averaged networks with one output each", len(parts))
+    joined = keras.layers.Concatenate(name="network_classes")(parts)
+    return keras.Model(model.inputs, joined, name=model.name), len(parts)
+
+
 def check_io(model, path):
     """Return (window_packets, vector_bytes, n_classes) or raise naming what is wrong."""
     if len(model.inputs) != 1 or len(model.outputs) != 1:
@@ -194,9 +216,11 @@ def to_int8(model, settings, labels, calibration, info=None, unknown_threshold=0
     # Make sure the calibration range covers every byte value, so the input scale is 1/255.
     calibration[0, 0, 0], calibration[0, 0, 1] = 0, 255
     with tempfile.TemporaryDirectory(prefix="edge-etc-convert-") as workdir:
-        tflite = run_converter(gate_lstm_copy(model), calibration.astype(np.float32) / 255.0, workdir)
+        converted, networks = member_outputs(gate_lstm_copy(model))
+        tflite = run_converter(converted, calibration.astype(np.float32) / 255.0, workdir)
         tflite = add_metadata(tflite, METADATA_NAME,
-                              encode_metadata(labels, settings, unknown_threshold, info=info))
+                              encode_metadata(labels, settings, unknown_threshold, info=info,
+                                              networks=networks))
         tmp_path = os.path.join(workdir, "with_metadata.tflite")
         with open(tmp_path, "wb") as f:
             f.write(tflite)

@@ -543,7 +543,8 @@ def info(model_path):
 
     click.echo(json.dumps({"path": m.path, "bytes": len(m.data), "labels": m.labels,
                            "preprocessing": m.preprocessing.to_dict(),
-                           "unknown_threshold": m.unknown_threshold, "operators": m.operators,
+                           "unknown_threshold": m.unknown_threshold, "networks": m.networks,
+                           "operators": m.operators,
                            "info": without_confusion(m.info)}, indent=1))
 
 

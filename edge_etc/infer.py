@@ -14,7 +14,10 @@ Backends, tried in this order unless one is asked for:
 Quantization: model inputs are the packet bytes scaled to [0, 1] (byte / 255). The runner
 quantizes them with the model's own input scale and zero point,
 q = clip(round(byte / 255 / scale) + zero_point, -128, 127), through a 256-entry lookup
-table, and dequantizes outputs as (q - zero_point) * scale after widening to int32.
+table, and dequantizes outputs as (q - zero_point) * scale after widening to int32. A model
+of several averaged networks (`edge-etc train --members`) puts out each network's
+probabilities, and their mean is taken after dequantizing, so it is not rounded to the
+output's int8 steps.
 """
 
 import contextlib
@@ -183,9 +186,12 @@ class Classifier:
             raise ModelError(f"{model.path}: model input shape {tuple(inp['shape'])} does not match "
                              f"its preprocessing settings (expected (batch, {self.window_shape[0]}, "
                              f"{self.window_shape[1]}))")
-        if out["shape"][-1] != len(model.labels):
+        # A model of several averaged networks puts out each network's probabilities, one
+        # block of len(labels) after the other, and their mean is taken here in float32.
+        self.networks = model.networks
+        if out["shape"][-1] != self.networks * len(model.labels):
             raise ModelError(f"{model.path}: model has {out['shape'][-1]} outputs but "
-                             f"{len(model.labels)} labels")
+                             f"{len(model.labels)} labels and {self.networks} networks")
         self._input_index = inp["index"]
         self._output_index = out["index"]
         in_scale, in_zero = inp["quantization"]
@@ -209,8 +215,9 @@ class Classifier:
                                    f"{batch_size}: {e}") from None
         self._batch = np.zeros((batch_size, *self.window_shape), dtype=np.int8)
         log.info("interpreter: %s %s; model %s: input int8 %s scale=%.6g zero_point=%d, "
-                 "%d classes, batch %d", self.backend_name, self.backend_version, model.path,
-                 self.window_shape, in_scale, in_zero, len(model.labels), batch_size)
+                 "%d classes%s, batch %d", self.backend_name, self.backend_version, model.path,
+                 self.window_shape, in_scale, in_zero, len(model.labels),
+                 f" (mean of {self.networks} networks)" if self.networks > 1 else "", batch_size)
         kernels = getattr(self.interpreter, "kernels", None)
         if kernels in _NUMPY_KERNELS:
             log.info("numpy backend kernels: %s (%s)", kernels, _NUMPY_KERNELS[kernels])
@@ -265,5 +272,8 @@ class Classifier:
             self.interpreter.set_tensor(self._input_index, self._batch)
             self.interpreter.invoke()
             q = self.interpreter.get_tensor(self._output_index)
-            out[start:start + count] = dequantize(q[:count], self.out_scale, self.out_zero)
+            p = dequantize(q[:count], self.out_scale, self.out_zero)
+            if self.networks > 1:
+                p = p.reshape(count, self.networks, -1).mean(axis=1, dtype=np.float32)
+            out[start:start + count] = p
         return out

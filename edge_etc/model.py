@@ -7,6 +7,7 @@ FlatBuffer. It is JSON:
      "labels": ["Chat", ...],              # output index -> class name
      "preprocessing": {...},               # edge_etc.preprocess.Preprocessing
      "unknown_threshold": 0.0,             # below this confidence a flow is "unknown"
+     "networks": 5,                        # averaged networks, one block of outputs each
      "info": {...}}                        # free-form: training data, date, results
 
 The runner reads it with `load_model_info`, so a model always runs with the preprocessing
@@ -29,8 +30,10 @@ UNKNOWN_LABEL = "unknown"
 class ModelInfo:
     """A model file's bytes and what edge-etc stored with it."""
 
-    def __init__(self, path, data, labels, preprocessing, unknown_threshold, info, operators):
+    def __init__(self, path, data, labels, preprocessing, unknown_threshold, info, operators,
+                 networks=1):
         self.path = path
+        self.networks = networks
         self.data = data
         self.labels = labels
         self.preprocessing = preprocessing
@@ -49,8 +52,9 @@ def default_model_path():
     return os.path.join(os.path.dirname(os.path.abspath(__file__)), "models", "default.tflite")
 
 
-def encode_metadata(labels, preprocessing, unknown_threshold=0.0, info=None):
-    """Return the metadata entry's bytes (used by the converter)."""
+def encode_metadata(labels, preprocessing, unknown_threshold=0.0, info=None, networks=1):
+    """Return the metadata entry's bytes (used by the converter). `networks`: how many
+    networks' probabilities the model puts out side by side, to be averaged."""
     doc = {
         "format": MODEL_FORMAT,
         "version": MODEL_VERSION,
@@ -58,12 +62,14 @@ def encode_metadata(labels, preprocessing, unknown_threshold=0.0, info=None):
         "preprocessing": preprocessing.to_dict(),
         "unknown_threshold": float(unknown_threshold),
         "info": info or {},
+        "networks": int(networks),
     }
     return json.dumps(doc, sort_keys=True).encode()
 
 
 def decode_metadata(raw, source):
-    """Parse a metadata entry; return (labels, preprocessing, unknown_threshold, info)."""
+    """Parse a metadata entry; return (labels, preprocessing, unknown_threshold, info,
+    networks). Models converted before "networks" existed have one network's outputs."""
     try:
         doc = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
@@ -83,7 +89,10 @@ def decode_metadata(raw, source):
     threshold = doc.get("unknown_threshold", 0.0)
     if not isinstance(threshold, (int, float)) or not 0.0 <= threshold <= 1.0:
         raise ModelError(f"{source}: unknown_threshold={threshold!r} is invalid: expected 0 to 1")
-    return labels, pre, float(threshold), doc.get("info") or {}
+    networks = doc.get("networks", 1)
+    if type(networks) is not int or networks < 1:
+        raise ModelError(f"{source}: networks={networks!r} is invalid: expected a whole number of 1 or more")
+    return labels, pre, float(threshold), doc.get("info") or {}, networks
 
 
 def load_model_info(path):
@@ -115,5 +124,5 @@ def load_model_info(path):
     if METADATA_NAME not in meta:
         raise ModelError(f"{path}: model has no edge-etc preprocessing settings; convert it "
                          "with 'edge-etc convert' so the settings travel with it")
-    labels, pre, threshold, info = decode_metadata(meta[METADATA_NAME], path)
-    return ModelInfo(path, data, labels, pre, threshold, info, operators)
+    labels, pre, threshold, info, networks = decode_metadata(meta[METADATA_NAME], path)
+    return ModelInfo(path, data, labels, pre, threshold, info, operators, networks)

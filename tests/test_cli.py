@@ -396,6 +396,23 @@ def test_summary_records_include_filtered():
     assert int(summary["packets"]) == int(summary["records"]) - int(summary["filtered"])
 
 
+def test_info_counts_the_averaged_networks():
+    """`edge-etc info` names how many networks the bundled model averages, and their output
+    blocks fill the model's output exactly."""
+    import json
+
+    from edge_etc.infer import Classifier
+    from edge_etc.model import default_model_path, load_model_info
+
+    proc = run_cli("info")
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    model = load_model_info(default_model_path())
+    assert doc["networks"] == model.networks >= 1
+    out = Classifier(model).interpreter.get_output_details()[0]
+    assert out["shape"][-1] == doc["networks"] * len(doc["labels"])
+
+
 def _bad_model(tmp_path, kind):
     from edge_etc.model import default_model_path
 

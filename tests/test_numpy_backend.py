@@ -72,21 +72,29 @@ def run_batches(interpreter, x, batch=BATCH):
     return np.concatenate(results)
 
 
-def assert_agreement(ours, theirs):
+def class_scores(outputs, networks):
+    """Return int32 scores proportional to the class probabilities the runner computes from
+    raw int8 outputs: each network's softmax has zero point -128, so q + 128 is proportional
+    to its probability, and a model of several networks is decided by their sum."""
+    q = outputs.astype(np.int32) + 128
+    return q.reshape(len(q), networks, -1).sum(axis=1)
+
+
+def assert_agreement(ours, theirs, networks):
     assert ours.shape == theirs.shape
     steps = np.abs(ours.astype(np.int32) - theirs.astype(np.int32)).max(axis=1)
     identical = float(np.mean(steps == 0))
     assert identical >= MIN_IDENTICAL, f"{identical:.4%} of windows identical"
     assert steps.max() <= 1, f"outputs differ by up to {steps.max()} quantization steps"
-    labels_differ = int(np.sum(ours.argmax(axis=1) != theirs.argmax(axis=1)))
+    labels_differ = int(np.sum(class_scores(ours, networks).argmax(axis=1)
+                               != class_scores(theirs, networks).argmax(axis=1)))
     assert labels_differ == 0, f"{labels_differ} of {len(ours)} labels differ"
 
 
-def flow_labels(outputs, flow, position, max_windows=5):
+def flow_labels(outputs, flow, position, networks, max_windows=5):
     """Return {flow number: class} by the runner's rule: the argmax of the mean
     probabilities of the flow's first `max_windows` windows."""
-    # The softmax output's zero point is -128, so q + 128 is proportional to the probability.
-    probabilities = outputs.astype(np.int32) + 128
+    probabilities = class_scores(outputs, networks)
     labels = {}
     for number in np.unique(flow):
         chosen = (flow == number) & (position < max_windows)
@@ -107,7 +115,7 @@ def compare_on(model, raw_windows, kernels):
     x = model_input(model, raw_windows)
     ours = run_batches(numpy_interpreter(model.data, kernels), x)
     theirs = run_batches(litert_interpreter(model.data, kernels), x)
-    assert_agreement(ours, theirs)
+    assert_agreement(ours, theirs, model.networks)
     return ours, theirs
 
 
@@ -142,8 +150,8 @@ def test_corpus_windows_match_litert(model, corpus, kernels):
     windows = dataset.build_windows(corpus, model.preprocessing, max_windows_per_flow=8)
     assert len(windows.x) > 0, "the corpus produced no windows"
     ours, theirs = compare_on(model, windows.x, kernels)
-    ours_by_flow = flow_labels(ours, windows.flow, windows.position)
-    theirs_by_flow = flow_labels(theirs, windows.flow, windows.position)
+    ours_by_flow = flow_labels(ours, windows.flow, windows.position, model.networks)
+    theirs_by_flow = flow_labels(theirs, windows.flow, windows.position, model.networks)
     differ = [f for f in ours_by_flow if ours_by_flow[f] != theirs_by_flow[f]]
     assert not differ, f"{len(differ)} of {len(ours_by_flow)} flow labels differ"
 
@@ -159,7 +167,8 @@ def test_classifier_numpy_probabilities(model, backend, kernels):
     probabilities = classifier.predict([bytes(w) for w in raw.reshape(len(raw), -1)])
     expected = run_batches(litert_interpreter(model.data, kernels), model_input(model, raw))
     out = Interpreter(model_content=model.data).get_output_details()[0]
-    np.testing.assert_array_equal(probabilities, dequantize(expected, *out["quantization"]))
+    per_network = dequantize(expected, *out["quantization"]).reshape(len(raw), model.networks, -1)
+    np.testing.assert_array_equal(probabilities, per_network.mean(axis=1, dtype=np.float32))
 
 
 def test_classifier_logs_numpy_kernels(model, caplog):
@@ -251,7 +260,7 @@ def test_output_details_follow_resize(model):
     interpreter = resized(Interpreter(model_content=model.data), 17)
     assert interpreter.get_input_details()[0]["shape"][0] == 17
     assert interpreter.get_output_details()[0]["shape"][0] == 17
-    assert interpreter.get_output_details()[0]["shape"][1] == len(model.labels)
+    assert interpreter.get_output_details()[0]["shape"][1] == model.networks * len(model.labels)
 
 
 def test_invalid_model_bytes_raise_model_error():

@@ -80,6 +80,76 @@ def test_combined_members_average_their_outputs():
     assert combine_members(models[:1], settings) is models[0]
 
 
+def test_int8_average_keeps_each_network_output(tmp_path):
+    """An average of networks converts with one block of outputs per network, and the runner
+    averages the blocks after dequantizing, so the mean is not rounded to the 1/256 steps of
+    an int8 output. A single network keeps one block."""
+    from convert.tflite import to_int8
+    from convert.train import combine_members
+    from edge_etc.infer import dequantize
+    from edge_etc.model import load_model_info
+    from edge_etc.preprocess import Preprocessing
+
+    settings = Preprocessing()
+    models = _members(2, settings)
+    combined = combine_members(models, settings)
+    rng = np.random.default_rng(2)
+    windows = rng.integers(0, 256, (456, 3, settings.vector_bytes), dtype=np.uint8)  # 200 + one batch
+    labels = [f"class{i}" for i in range(10)]
+    tflite, classifier = to_int8(combined, settings, labels, windows[:200])
+    path = tmp_path / "average.tflite"
+    path.write_bytes(tflite)
+    assert load_model_info(str(path)).networks == 2
+    assert classifier.networks == 2
+
+    batch = windows[200:200 + classifier.batch_size].reshape(classifier.batch_size, -1)
+    mean = classifier.predict(batch)
+    raw = classifier.interpreter.get_tensor(classifier._output_index)
+    assert raw.shape == (classifier.batch_size, 20)
+    blocks = dequantize(raw, classifier.out_scale, classifier.out_zero).reshape(-1, 2, 10)
+    np.testing.assert_allclose(mean, blocks.mean(axis=1), rtol=0, atol=1e-7)
+    floats = [m.predict(batch.reshape(-1, 3, settings.vector_bytes).astype(np.float32) / 255.0,
+                        verbose=0) for m in models]
+    for i, p in enumerate(floats):
+        np.testing.assert_allclose(blocks[:, i], p, atol=0.03)  # each block is its network's
+    steps = mean * 256
+    assert np.abs(steps - np.round(steps)).max() > 0.1  # half steps: finer than one int8 output
+
+    _, single = to_int8(models[0], settings, labels, windows[:200])
+    assert single.networks == 1
+    assert single.predict(batch).shape == (classifier.batch_size, 10)
+
+
+@pytest.mark.parametrize("networks, problem", [
+    (3, "model has 20 outputs but 10 labels and 3 networks"),
+    (0, "networks=0 is invalid: expected a whole number of 1 or more"),
+    ("2", "networks='2' is invalid: expected a whole number of 1 or more"),
+])
+def test_run_rejects_wrong_network_count(tmp_path, networks, problem):
+    """A model whose metadata gives a network count that its outputs do not hold is
+    refused with one line, not averaged wrongly."""
+    from convert.tflite import add_metadata, to_int8
+    from convert.train import combine_members
+    from edge_etc.model import METADATA_NAME, decode_metadata
+    from edge_etc.tflite_file import TFLiteModel
+    from edge_etc.preprocess import Preprocessing
+
+    settings = Preprocessing()
+    combined = combine_members(_members(2, settings), settings)
+    windows = np.random.default_rng(3).integers(0, 256, (100, 3, settings.vector_bytes), dtype=np.uint8)
+    tflite, _ = to_int8(combined, settings, [f"class{i}" for i in range(10)], windows)
+    doc = json.loads(TFLiteModel(tflite).metadata()[METADATA_NAME])
+    assert decode_metadata(json.dumps(doc), "x")[4] == 2
+    doc["networks"] = networks
+    path = tmp_path / "model.tflite"
+    path.write_bytes(add_metadata(tflite, METADATA_NAME, json.dumps(doc).encode()))
+    r = run_cli("run", "--pcap", case("eth_tls_2flows.pcap"), "--model", str(path))
+    assert r.returncode == 2, r.stderr
+    assert "Traceback" not in r.stderr
+    errors = [line for line in r.stderr.splitlines() if "error" in line]
+    assert errors == [f"edge-etc: error: {path}: {problem}"], r.stderr
+
+
 class _Windows:
     """The parts of dataset.Windows that validation_probabilities reads."""
 

@@ -666,6 +666,15 @@ elif mode == "infer":
         np.save("%s-%s.npy" % (sys.argv[3], backend), np.concatenate(results))
         print("  %s: %d windows in %.1f s" % (backend, len(x), time.monotonic() - started))
 else:
+    from edge_etc.model import default_model_path, load_model_info
+
+    # A model of several networks puts out one block of class probabilities per network,
+    # and the runner decides on their sum.
+    networks = load_model_info(default_model_path()).networks
+
+    def labels_of(outputs):
+        return (outputs + 128).reshape(len(outputs), networks, -1).sum(axis=1).argmax(axis=1)
+
     folder, arch = sys.argv[2], sys.argv[3]
     host_windows = np.load(folder + "/host-windows.npy")
     root_windows = np.load(folder + "/root-windows.npy")
@@ -684,7 +693,7 @@ else:
         ours = np.load("%s/root-%s.npy" % (folder, root_backend)).astype(np.int32)
         theirs = np.load("%s/host-%s.npy" % (folder, host_backend)).astype(np.int32)
         steps = np.abs(ours - theirs).max(axis=1)
-        labels = int(np.sum(ours.argmax(axis=1) != theirs.argmax(axis=1)))
+        labels = int(np.sum(labels_of(ours) != labels_of(theirs)))
         differ += int(np.sum(steps > 0))
         print("  %s %s against host %s, on the host windows: %d of %d windows differ,"
               " by up to %d steps; %d window labels differ"
