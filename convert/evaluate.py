@@ -439,14 +439,23 @@ class Evaluation:
         """Score the mean of the forests of each group of repeats on every fold.
 
         Returns the per-fold reports with their group numbers ("repeat"), each group's
-        macro-F1 over all folds and the report of the flows of all groups pooled."""
+        macro-F1 over all folds, the report of the flows of all groups pooled, and each
+        group's macro-F1 with every decision depth of DECISION_DEPTHS ("depths"), as the
+        networks' results have them."""
         data = self.data
         reports, group_of, per_group, pooled_true, pooled_pred = [], [], [], [], []
+        depths = {str(d): {"repeat_float": []} for d in DECISION_DEPTHS}
         for g, group in enumerate(groups):
             all_true, all_pred = [], []
+            by_depth = {d: ([], []) for d in DECISION_DEPTHS}
             for f, (_, test_idx) in enumerate(splits):
                 te = data.select(test_idx)
                 probs = sum(fold_probs[f][r] for r in group)
+                for d in DECISION_DEPTHS:
+                    true, pred, _ = flow_decisions(probs, data.flow[te], data.position[te],
+                                                   data.flow_label, d)
+                    by_depth[d][0].append(true[true >= 0])
+                    by_depth[d][1].append(pred[true >= 0])
                 true, pred, _ = flow_decisions(probs, data.flow[te], data.position[te],
                                                data.flow_label, self.max_windows)
                 known = true >= 0
@@ -458,10 +467,13 @@ class Evaluation:
             per_group.append(per_class_report(true, pred, data.classes)["macro_f1"])
             pooled_true.append(true)
             pooled_pred.append(pred)
+            for d, (trues, preds) in by_depth.items():
+                depths[str(d)]["repeat_float"].append(per_class_report(
+                    np.concatenate(trues), np.concatenate(preds), data.classes)["macro_f1"])
         overall = per_class_report(np.concatenate(pooled_true), np.concatenate(pooled_pred),
                                    data.classes)
         return {"folds": reports, "repeat": group_of, "repeat_macro_f1": per_group,
-                "overall": overall}
+                "overall": overall, "depths": depths}
 
     def _forest_probs(self, feats, train_idx, test_idx, leaf, seed, trees):
         """Fit a forest on the labelled windows of captures `train_idx`; return its class

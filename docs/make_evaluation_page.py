@@ -90,8 +90,35 @@ def depth_section(w, ev):
         w(f"Averages of {ensemble['members']} networks per fold, as bundled ({groups_text(ensemble)}; "
           "float per average):\n")
         depth_table(w, ensemble["depths"])
+        baseline_depth_table(w, ev, ensemble)
         w("Each network alone (all repeats):\n")
     depth_table(w, depths)
+
+
+def baseline_depth_table(w, ev, ensemble):
+    """Write the averaged models' macro-F1 by windows per decision beside the baselines
+    averaged the same way, when the run scored the baselines' depths."""
+    columns = [("CNN-LSTM int8", ensemble["depths"], "repeat_int8")]
+    for key, name in (("one_packet_cnn", "one-packet CNN"), ("stats_port", "statistics + server port"),
+                      ("stats", "statistics")):
+        depths = (ev.get(key) or {}).get("ensemble", {}).get("depths")
+        if depths:
+            columns.append((name, depths, "repeat_float"))
+    if len(columns) == 1:
+        return
+    port = ev.get("port", {}).get("overall", {}).get("macro_f1")
+    w(f"The baselines averaged in the same groups, by the same rule (macro-F1, mean of the "
+      f"averages){'; the server port alone does not depend on it' if port is not None else ''}:\n")
+    w("| windows | " + " | ".join(name for name, _, _ in columns)
+      + (" | server port |" if port is not None else " |"))
+    w("| --- |" + " --- |" * (len(columns) + (port is not None)))
+    for d in ensemble["depths"]:
+        cells = []
+        for _, depths, key in columns:
+            values = depths.get(d, {}).get(key) or []
+            cells.append(f"{sum(values) / len(values):.3f}" if values else "")
+        w(f"| {d} | " + " | ".join(cells) + (f" | {port:.3f} |" if port is not None else " |"))
+    w("")
 
 
 def first_repeats(ev, n, averages=None):
