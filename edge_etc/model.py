@@ -25,6 +25,7 @@ METADATA_NAME = "edge_etc"
 MODEL_FORMAT = "edge-etc-model"
 MODEL_VERSION = 1
 UNKNOWN_LABEL = "unknown"
+MAX_NETWORKS = 1000
 
 
 class ModelInfo:
@@ -82,6 +83,8 @@ def decode_metadata(raw, source):
     labels = doc.get("labels")
     if not isinstance(labels, list) or not labels or not all(isinstance(x, str) for x in labels):
         raise ModelError(f"{source}: model metadata has no valid label list")
+    if len(set(labels)) != len(labels):
+        raise ModelError(f"{source}: model metadata lists a label twice: {','.join(labels)}")
     try:
         pre = Preprocessing.from_dict(doc.get("preprocessing") or {}, source=source)
     except Exception as e:  # ConfigError from the settings check
@@ -90,8 +93,10 @@ def decode_metadata(raw, source):
     if not isinstance(threshold, (int, float)) or not 0.0 <= threshold <= 1.0:
         raise ModelError(f"{source}: unknown_threshold={threshold!r} is invalid: expected 0 to 1")
     networks = doc.get("networks", 1)
-    if type(networks) is not int or networks < 1:
-        raise ModelError(f"{source}: networks={networks!r} is invalid: expected a whole number of 1 or more")
+    if type(networks) is not int or not 1 <= networks <= MAX_NETWORKS:
+        shown = repr(networks) if len(repr(networks)) <= 20 else repr(networks)[:20] + "..."
+        raise ModelError(f"{source}: networks={shown} in the model metadata is invalid: expected a "
+                         f"whole number from 1 to {MAX_NETWORKS}")
     return labels, pre, float(threshold), doc.get("info") or {}, networks
 
 
@@ -119,10 +124,30 @@ def load_model_info(path):
         tfl = TFLiteModel(data)
         meta = tfl.metadata()
         operators = tfl.operators()
+        blocks = tfl.output_blocks()
     except TFLiteFileError as e:
         raise ModelError(f"{path}: corrupt or truncated TFLite file ({e})") from None
     if METADATA_NAME not in meta:
         raise ModelError(f"{path}: model has no edge-etc preprocessing settings; convert it "
                          "with 'edge-etc convert' so the settings travel with it")
     labels, pre, threshold, info, networks = decode_metadata(meta[METADATA_NAME], path)
+    check_output_blocks(path, blocks, labels, networks, "networks" in json.loads(meta[METADATA_NAME]))
     return ModelInfo(path, data, labels, pre, threshold, info, operators, networks)
+
+
+def check_output_blocks(path, blocks, labels, networks, recorded):
+    """Raise ModelError unless the model's output parts are `networks` blocks of one value
+    per label. `blocks` are the widths from TFLiteModel.output_blocks; a single network's
+    output is one part, not joined from several. `recorded`: the metadata has a networks
+    entry (models converted before it existed have none, and one network)."""
+    if networks == 1:
+        fits = sum(blocks) == len(labels) and len(blocks) == 1
+    else:
+        fits = len(blocks) == networks and all(b == len(labels) for b in blocks)
+    if fits:
+        return
+    shape = (f"{len(blocks)} joined blocks of {', '.join(map(str, sorted(set(blocks))))} values"
+             if len(blocks) > 1 else f"{blocks[0]} values")
+    given = f"networks={networks}" if recorded else "no networks entry (so 1 network)"
+    raise ModelError(f"{path}: the model's output is {shape}, but its metadata has "
+                     f"{len(labels)} labels and {given}; convert it again with 'edge-etc convert'")

@@ -2,10 +2,12 @@
 
 It reads what the device side needs before any interpreter exists: the metadata entries
 (where `edge-etc convert` stores the preprocessing settings and labels) and the operator
-list. Field numbers follow TensorFlow Lite's `schema.fbs` (table Model: 1 operator_codes,
-2 subgraphs, 4 buffers, 6 metadata; table Metadata: 0 name, 1 buffer; table Buffer: 0 data,
-1 offset, 2 size; table OperatorCode: 0 deprecated_builtin_code, 1 custom_code,
-3 builtin_code).
+list, and the widths of the output's parts. Field numbers follow TensorFlow Lite's
+`schema.fbs` (table Model: 1 operator_codes, 2 subgraphs, 4 buffers, 6 metadata; table
+SubGraph: 0 tensors, 1 inputs, 2 outputs, 3 operators; table Tensor: 0 shape; table
+Operator: 0 opcode_index, 1 inputs, 2 outputs; table Metadata: 0 name, 1 buffer; table
+Buffer: 0 data, 1 offset, 2 size; table OperatorCode: 0 deprecated_builtin_code,
+1 custom_code, 3 builtin_code).
 """
 
 import struct
@@ -197,6 +199,29 @@ class TFLiteModel:
         except struct.error as e:
             raise TFLiteFileError(f"corrupt metadata: {e}") from None
         return out
+
+    def output_blocks(self):
+        """Return the widths (last dimension) of the parts the main subgraph's first output
+        is joined from: the inputs of the CONCATENATION that writes it along its last axis,
+        or else the output alone. A model of several averaged networks puts out one part
+        per network."""
+        try:
+            graph = self.root.tables(2)[0]
+            shapes = [tensor.vector(0, _I32) for tensor in graph.tables(0)]
+            output = graph.vector(2, _I32)[0]
+            width = shapes[output][-1]
+            codes = self.operators()
+            for op in graph.tables(3):
+                if output not in op.vector(2, _I32):
+                    continue
+                if codes[op.scalar(0, _U32)] == "CONCATENATION":
+                    parts = [shapes[i][-1] for i in op.vector(1, _I32)]
+                    if sum(parts) == width and len(parts) > 1:
+                        return parts
+                break
+        except (IndexError, struct.error) as e:
+            raise TFLiteFileError(f"corrupt graph: {e}") from None
+        return [width]
 
     def operators(self):
         """Return the names of the operator codes the model uses."""

@@ -411,6 +411,9 @@ def test_info_counts_the_averaged_networks():
     assert doc["networks"] == model.networks >= 1
     out = Classifier(model).interpreter.get_output_details()[0]
     assert out["shape"][-1] == doc["networks"] * len(doc["labels"])
+    # The file reader finds the same layout in the graph, before any interpreter exists.
+    from edge_etc.tflite_file import TFLiteModel
+    assert TFLiteModel(model.data).output_blocks() == [len(doc["labels"])] * doc["networks"]
 
 
 def _bad_model(tmp_path, kind):

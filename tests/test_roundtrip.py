@@ -33,6 +33,7 @@ def test_train_convert_run(corpus, tmp_path):
     assert "absl::InitializeLog" not in r.stderr, r.stderr
     parity = json.loads((out / "model.tflite.parity.json").read_text())
     assert parity["windows"] > 0
+    assert 0 <= parity["mean_probability_difference"] <= parity["max_probability_difference"]
     assert "FULLY_CONNECTED" in parity["operators"]
 
     r = run_cli("run", "--pcap", case("eth_tls_2flows.pcap"), "--model", str(out / "model.tflite"))
@@ -120,34 +121,62 @@ def test_int8_average_keeps_each_network_output(tmp_path):
     assert single.predict(batch).shape == (classifier.batch_size, 10)
 
 
-@pytest.mark.parametrize("networks, problem", [
-    (3, "model has 20 outputs but 10 labels and 3 networks"),
-    (0, "networks=0 is invalid: expected a whole number of 1 or more"),
-    ("2", "networks='2' is invalid: expected a whole number of 1 or more"),
-])
-def test_run_rejects_wrong_network_count(tmp_path, networks, problem):
-    """A model whose metadata gives a network count that its outputs do not hold is
-    refused with one line, not averaged wrongly."""
-    from convert.tflite import add_metadata, to_int8
+@pytest.fixture(scope="module")
+def two_network_model():
+    """An int8 model of two averaged untrained networks, as `edge-etc convert` writes it."""
+    from convert.tflite import to_int8
     from convert.train import combine_members
-    from edge_etc.model import METADATA_NAME, decode_metadata
-    from edge_etc.tflite_file import TFLiteModel
     from edge_etc.preprocess import Preprocessing
 
     settings = Preprocessing()
     combined = combine_members(_members(2, settings), settings)
     windows = np.random.default_rng(3).integers(0, 256, (100, 3, settings.vector_bytes), dtype=np.uint8)
     tflite, _ = to_int8(combined, settings, [f"class{i}" for i in range(10)], windows)
-    doc = json.loads(TFLiteModel(tflite).metadata()[METADATA_NAME])
+    return tflite
+
+
+_TWENTY = [f"class{i}" for i in range(20)]
+
+
+@pytest.mark.parametrize("edit, problem", [
+    ({"networks": 3}, "the model's output is 2 joined blocks of 10 values, but its metadata has "
+                      "10 labels and networks=3; convert it again with 'edge-etc convert'"),
+    ({"networks": None}, "the model's output is 2 joined blocks of 10 values, but its metadata "
+                         "has 10 labels and no networks entry (so 1 network); convert it again "
+                         "with 'edge-etc convert'"),
+    # 20 labels of one network would fill the 20 outputs, but the blocks give the layout away.
+    ({"networks": 1, "labels": _TWENTY}, "the model's output is 2 joined blocks of 10 values, but "
+                                         "its metadata has 20 labels and networks=1; convert it "
+                                         "again with 'edge-etc convert'"),
+    ({"networks": 0}, "networks=0 in the model metadata is invalid: expected a whole number from 1 to 1000"),
+    ({"networks": "2"}, "networks='2' in the model metadata is invalid: expected a whole number from 1 to 1000"),
+    ({"networks": True}, "networks=True in the model metadata is invalid: expected a whole number from 1 to 1000"),
+    ({"networks": 10 ** 30}, "networks=" + "1" + "0" * 19 + "... in the model metadata is invalid: "
+                             "expected a whole number from 1 to 1000"),
+    ({"labels": ["Web"] * 10}, "model metadata lists a label twice: " + ",".join(["Web"] * 10)),
+])
+def test_run_rejects_wrong_network_count(two_network_model, tmp_path, edit, problem):
+    """A model whose metadata does not describe its outputs (network count, labels) is
+    refused with one line by `run` and `info`, not averaged wrongly."""
+    from convert.tflite import add_metadata
+    from edge_etc.model import METADATA_NAME, decode_metadata
+    from edge_etc.tflite_file import TFLiteModel
+
+    doc = json.loads(TFLiteModel(two_network_model).metadata()[METADATA_NAME])
     assert decode_metadata(json.dumps(doc), "x")[4] == 2
-    doc["networks"] = networks
+    for key, value in edit.items():
+        if value is None:
+            del doc[key]
+        else:
+            doc[key] = value
     path = tmp_path / "model.tflite"
-    path.write_bytes(add_metadata(tflite, METADATA_NAME, json.dumps(doc).encode()))
-    r = run_cli("run", "--pcap", case("eth_tls_2flows.pcap"), "--model", str(path))
-    assert r.returncode == 2, r.stderr
-    assert "Traceback" not in r.stderr
-    errors = [line for line in r.stderr.splitlines() if "error" in line]
-    assert errors == [f"edge-etc: error: {path}: {problem}"], r.stderr
+    path.write_bytes(add_metadata(two_network_model, METADATA_NAME, json.dumps(doc).encode()))
+    for args in (["run", "--pcap", case("eth_tls_2flows.pcap"), "--model", str(path)], ["info", str(path)]):
+        r = run_cli(*args)
+        assert r.returncode == 2, r.stderr
+        assert "Traceback" not in r.stderr
+        errors = [line for line in r.stderr.splitlines() if "error" in line]
+        assert errors == [f"edge-etc: error: {path}: {problem}"], r.stderr
 
 
 class _Windows:
