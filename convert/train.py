@@ -50,7 +50,7 @@ EPOCHS = 7
 # CNN-LSTMs averaged in one model by `edge-etc train` (`--members`, see `fit`). Each is
 # trained on its own, from its own seed and with its own validation captures. On the 5 folds
 # of `edge-etc evaluate`, with ten seeds per fold, two averages of five networks scored
-# 0.444 and 0.428 flow macro-F1 int8 (mean 0.436). That is 5.9 points over the best
+# 0.446 and 0.428 flow macro-F1 int8 (mean 0.437). That is 6.0 points over the best
 # baseline, five one-packet CNNs averaged the same way. Three averages of three scored
 # 0.394 and one network 0.383 (docs/EVALUATION.md). Each member adds one network's
 # inference time: five made the interpreter 1.6 times slower than three, and the runner
