@@ -121,9 +121,9 @@ def unrolled_copy(model):
 
 
 def member_outputs(model):
-    """Return (model, networks): a model whose output is the probabilities of every averaged
-    network side by side, and their number, when `model` ends in an Average layer;
-    otherwise (`model`, 1).
+    """Return (model, networks) for conversion. When `model` ends in an Average layer, the
+    returned model puts out the probabilities of every averaged network side by side, and
+    `networks` is their number. Otherwise it returns (`model`, 1).
 
     In int8, an in-graph mean is rounded to the output's steps of 1/256, so two classes
     within 1/256 of each other tie and the first one wins, whatever the float model said.

@@ -94,8 +94,8 @@ def decode_metadata(raw, source):
         raise ModelError(f"{source}: unknown_threshold={threshold!r} is invalid: expected 0 to 1")
     networks = doc.get("networks", 1)
     if type(networks) is not int or not 1 <= networks <= MAX_NETWORKS:
-        shown = repr(networks) if len(repr(networks)) <= 20 else repr(networks)[:20] + "..."
-        raise ModelError(f"{source}: networks={shown} in the model metadata is invalid: expected a "
+        value_text = repr(networks) if len(repr(networks)) <= 20 else repr(networks)[:20] + "..."
+        raise ModelError(f"{source}: networks={value_text} in the model metadata is invalid: expected a "
                          f"whole number from 1 to {MAX_NETWORKS}")
     return labels, pre, float(threshold), doc.get("info") or {}, networks
 
@@ -148,6 +148,6 @@ def check_output_blocks(path, blocks, labels, networks, recorded):
         return
     shape = (f"{len(blocks)} joined blocks of {', '.join(map(str, sorted(set(blocks))))} values"
              if len(blocks) > 1 else f"{blocks[0]} values")
-    given = f"networks={networks}" if recorded else "no networks entry (so 1 network)"
+    networks_text = f"networks={networks}" if recorded else "no networks entry (so 1 network)"
     raise ModelError(f"{path}: the model's output is {shape}, but its metadata has "
-                     f"{len(labels)} labels and {given}; convert it again with 'edge-etc convert'")
+                     f"{len(labels)} labels and {networks_text}; convert it again with 'edge-etc convert'")

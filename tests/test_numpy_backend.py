@@ -74,8 +74,8 @@ def run_batches(interpreter, x, batch=BATCH):
 
 def class_scores(outputs, networks):
     """Return int32 scores proportional to the class probabilities the runner computes from
-    raw int8 outputs: each network's softmax has zero point -128, so q + 128 is proportional
-    to its probability, and a model of several networks is decided by their sum."""
+    raw int8 outputs. Each network's softmax has zero point -128, so q + 128 is proportional
+    to its probability. A model of several networks is decided by their sum."""
     q = outputs.astype(np.int32) + 128
     return q.reshape(len(q), networks, -1).sum(axis=1)
 
