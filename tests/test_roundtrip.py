@@ -282,6 +282,12 @@ def test_evaluate_ci_preset(corpus, tmp_path):
         assert len(result[key]["min_samples_leaf"]) == result["folds"]
         assert set(result[key]["min_samples_leaf"]) <= set(LEAF_SIZES)
         assert len(result[key]["repeat_macro_f1"]) == result["repeats"]
+        # The run decides on one window, so the forests' one-window depth is their main
+        # score, and every depth has one score per repeat or average.
+        for part in (result[key], result[key]["ensemble"]):
+            assert part["depths"]["1"]["repeat_float"] == part["repeat_macro_f1"]
+            assert all(len(d["repeat_float"]) == len(part["repeat_macro_f1"])
+                       for d in part["depths"].values())
     changed = result["cnn_lstm"]["int8_changed"]
     assert [c["flows"] for c in changed] == [r["support"] for r in result["cnn_lstm"]["float"]]
     assert all(0 <= c["changed"] <= c["flows"] for c in changed)
