@@ -1,18 +1,21 @@
 """Render docs/EVALUATION.md from the output folders of `edge-etc evaluate`.
 
 Usage: python docs/make_evaluation_page.py MAIN [NAME=ABLATION ...] [--averages RUN]
-           [--notes FILE] [--store DIR] > docs/EVALUATION.md
+           [--other-folds RUN] [--notes FILE] [--store DIR] > docs/EVALUATION.md
        python docs/make_evaluation_page.py --stored DIR [--notes FILE] > docs/EVALUATION.md
 
 MAIN is a run with baselines and int8; each NAME=ABLATION is an ablation run, listed with
 the flags it was run with. Each is an output folder of `edge-etc evaluate` or a JSON file
 of the kind --store writes. RUN is a run with baselines and int8 made with another
-`--average-size`, shown in a section of its own. FILE, a hand-written findings section, is
+`--average-size`, shown in a section of its own. `--other-folds` RUN is a run with
+baselines and int8 made with another `--seed`, so on another deal of the captures into
+folds, also shown in a section of its own. FILE, a hand-written findings section, is
 appended after the tables (docs/evaluation/findings.md).
 
 --store DIR writes what the page needs of each run into DIR: main.json and one
 ablation-NAME.json per ablation, with its summary row and flags only, index.json, the
-ablations' names and files in order, and averages.json, what the page shows of RUN. --stored DIR renders the page again from DIR alone
+ablations' names and files in order, and averages.json and other-folds.json, what the page
+shows of the two other runs. --stored DIR renders the page again from DIR alone
 (docs/evaluation/runs/ in the repository).
 """
 
@@ -41,7 +44,8 @@ def trim_averages_run(run):
 
     net = run["cnn_lstm"]
     ensemble = net["ensemble"]
-    trimmed = {key: run[key] for key in ("flags", "repeats", "seconds", "settings", "folds", "summary")}
+    trimmed = {key: run[key] for key in ("flags", "repeats", "seconds", "settings", "folds", "summary",
+                                         "seed") if key in run}
     # Runs from before `evaluate --average-size` averaged the bundled model's members.
     trimmed["average_size"] = run.get("average_size", ensemble["members"])
     trimmed["cnn_lstm"] = {**scores(net), "ensemble": {
@@ -50,13 +54,14 @@ def trim_averages_run(run):
     return trimmed
 
 
-def store(directory, main_run, ablations, averages=None):
+def store(directory, main_run, ablations, averages=None, other_folds=None):
     """Write the runs the page is made of into `directory` (see the module docstring)."""
     os.makedirs(directory, exist_ok=True)
-    if averages is not None:
-        with open(os.path.join(directory, "averages.json"), "w") as f:
-            json.dump(trim_averages_run(averages), f, indent=None, separators=(",", ":"))
-            f.write("\n")
+    for name, run in (("averages.json", averages), ("other-folds.json", other_folds)):
+        if run is not None:
+            with open(os.path.join(directory, name), "w") as f:
+                json.dump(trim_averages_run(run), f, indent=None, separators=(",", ":"))
+                f.write("\n")
     with open(os.path.join(directory, "main.json"), "w") as f:
         json.dump(main_run, f, indent=None, separators=(",", ":"))
     index = []
@@ -288,10 +293,31 @@ def averages_section(w, run, main_ensemble):
     results_section(w, run)
 
 
+def other_folds_section(w, run, main_seed):
+    """Write the section of a run made with another seed, so on other folds."""
+    w(f"## Other folds (seed {run['seed']})\n")
+    w(f"The main run's settings on another deal of the captures into {run['folds']} folds, with "
+      f"other network seeds: `edge-etc evaluate --seed {run['seed']}`, "
+      f"{run['seconds'] / 60:.0f} minutes. The design choices on this page were made on the main "
+      f"run's folds (seed {main_seed}), so this run checks whether they hold on folds they were "
+      "not chosen on.\n")
+    results_section(w, run)
+
+
+def int8_score(run):
+    """Return (the CNN-LSTM's int8 macro-F1, the best baseline's row) of a run's summary."""
+    ensemble = run["cnn_lstm"].get("ensemble")
+    name = f"CNN-LSTM int8, average of {ensemble['members']}" if ensemble else "CNN-LSTM int8"
+    ours = next(r for r in run["summary"] if r["name"] == name)["macro_f1"]
+    best = max((r for r in run["summary"] if not r["name"].startswith("CNN-LSTM")),
+               key=lambda r: r["macro_f1"])
+    return ours, best
+
+
 def main():
     args = sys.argv[1:]
     options = {}
-    for option in ("--notes", "--store", "--stored", "--averages"):
+    for option in ("--notes", "--store", "--stored", "--averages", "--other-folds"):
         if option in args:
             at = args.index(option)
             options[option] = args[at + 1]
@@ -304,12 +330,16 @@ def main():
         args = [os.path.join(stored, "main.json")]
         if os.path.exists(os.path.join(stored, "averages.json")):
             options["--averages"] = os.path.join(stored, "averages.json")
+        if os.path.exists(os.path.join(stored, "other-folds.json")):
+            options["--other-folds"] = os.path.join(stored, "other-folds.json")
     else:
         ablations = [arg.split("=", 1) for arg in args[1:]]
     ev = load(args[0])
     averages = trim_averages_run(load(options["--averages"])) if "--averages" in options else None
+    other_folds = (trim_averages_run(load(options["--other-folds"])) if "--other-folds" in options
+                   else None)
     if "--store" in options:
-        store(options["--store"], ev, ablations, averages)
+        store(options["--store"], ev, ablations, averages, other_folds)
     classes = list(ev["cnn_lstm"]["overall_float"]["classes"])
     out = []
     w = out.append
@@ -369,6 +399,12 @@ def main():
     w(f"- Settings: `{json.dumps({k: v for k, v in ev['settings'].items() if k not in ('format', 'version')})}`\n")
     w("## Results against the baselines\n")
     product, subject = results_section(w, ev)
+    if other_folds:
+        ours, best = int8_score(other_folds)
+        held = "holds" if ours >= best["macro_f1"] + 0.05 else "does not hold"
+        w(f"**On other folds (seed {other_folds['seed']}, section below) the margin {held}:** the "
+          f"same design scores {ours:.3f} int8 there, and the best baseline, {best['name']}, "
+          f"{best['macro_f1']:.3f}.\n")
     if ensemble:
         single = ev["cnn_lstm"]
         single_diffs = [abs(a["macro_f1"] - b["macro_f1"]) for a, b in zip(single["float"], single["int8"])]
@@ -406,6 +442,8 @@ def main():
       f"{rejected} labelled test flows are turned into `unknown`.\n")
     if averages:
         averages_section(w, averages, ensemble)
+    if other_folds:
+        other_folds_section(w, other_folds, ev["seed"])
     if ablations:
         runs = [(name, load(path)) for name, path in ablations]
         paired = min((a.get("repeats", 1) for _, a in runs), default=ev.get("repeats", 1))
@@ -448,6 +486,8 @@ def main():
     if averages:
         n = averages["average_size"]
         w(f"edge-etc evaluate -o averages-of-{n} --repeats {averages['repeats']} --average-size {n}")
+    if other_folds:
+        w(f"edge-etc evaluate -o seed-{other_folds['seed']} --seed {other_folds['seed']}")
     for name, path in ablations:
         a = load(path)
         int8 = "" if "overall_int8" in a.get("cnn_lstm", {}) else " --no-int8"
@@ -455,6 +495,7 @@ def main():
           f"--repeats {a.get('repeats', 1)} --no-baselines{int8}")
     w("python docs/make_evaluation_page.py evaluation 'NAME=ablation-DIR' ... "
       + (f"--averages averages-of-{averages['average_size']} " if averages else "")
+      + (f"--other-folds seed-{other_folds['seed']} " if other_folds else "")
       + "--notes docs/evaluation/findings.md --store docs/evaluation/runs > docs/EVALUATION.md")
     w("# or again from the runs stored in the repository:")
     w("python docs/make_evaluation_page.py --stored docs/evaluation/runs "
@@ -466,10 +507,11 @@ def main():
                    f"{m['tensorflow']} (CPU), numpy {m['numpy']}")
     else:  # runs from before evaluate recorded its machine
         machine = "not recorded by this run"
-    total = ev["seconds"] + (averages["seconds"] if averages else 0)
+    total = ev["seconds"] + sum(run["seconds"] for run in (averages, other_folds) if run)
     total += sum(load(p)["seconds"] for _, p in ablations)
     w(f"Machine: {machine}. The main run took {ev['seconds'] / 60:.0f} minutes; the whole page, "
-      f"main run{', averages' if averages else ''} and ablations, took {total / 60:.0f} "
+      f"main run{', averages' if averages else ''}{', other folds' if other_folds else ''} and "
+      f"ablations, took {total / 60:.0f} "
       "minutes. `edge-etc evaluate --preset ci` is the small version "
       "(2 folds, 2 epochs, 30 captures, 2 repeats) for CI.")
     print("\n".join(out))
