@@ -126,7 +126,8 @@ def member_outputs(model):
     `networks` is their number. Otherwise it returns (`model`, 1).
 
     In int8, an in-graph mean is rounded to the output's steps of 1/256, so two classes
-    within 1/256 of each other tie and the first one wins, whatever the float model said.
+    within 1/256 of each other can tie, and then the first one wins whichever the float
+    model ranks higher.
     The runner's mean of the separate outputs has steps about `networks` times finer.
 
     NOTE: the converter rounds each network's softmax (steps of 1/256) again to the
