@@ -128,11 +128,12 @@ def corpus_windows(corpus, model_path):
 
 
 def class_scores(outputs, networks):
-    """Return scores proportional to the class probabilities: each network's softmax has
-    zero point -128, and a model of several networks puts out one block per network, which
-    the runner averages."""
-    q = outputs.astype(np.float64) + 128
-    return q.reshape(len(q), networks, -1).sum(axis=1)
+    """Return scores proportional to the class probabilities the runner computes. Each
+    network's softmax has zero point -128, and a model of several networks outputs one
+    block per network, which the runner averages."""
+    from edge_etc.infer import average_networks
+
+    return average_networks(outputs.astype(np.int32) + 128, networks)
 
 
 def flow_labels(outputs, flow, position, networks):
@@ -145,13 +146,13 @@ def flow_labels(outputs, flow, position, networks):
     return sums.argmax(axis=1)
 
 
-def print_agreement(outputs, what, networks, flow=None, position=None):
+def print_agreement(outputs, window_set, networks, flow=None, position=None):
     for a, b in PAIRS:
         steps = np.abs(outputs[a] - outputs[b]).max(axis=1)
         labels = np.mean(class_scores(outputs[a], networks).argmax(axis=1)
                          == class_scores(outputs[b], networks).argmax(axis=1))
         line = (f"{a} vs {b}: identical {np.mean(steps == 0):.4%} ({int(np.sum(steps > 0))} differ), "
-                f"max {steps.max()} steps, labels equal {labels:.4%} ({len(steps)} {what})")
+                f"max {steps.max()} steps, labels equal {labels:.4%} ({len(steps)} {window_set})")
         if flow is not None:
             flows_a = flow_labels(outputs[a], flow, position, networks)
             flows_b = flow_labels(outputs[b], flow, position, networks)

@@ -122,7 +122,7 @@ def unrolled_copy(model):
 
 def member_outputs(model):
     """Return (model, networks) for conversion. When `model` ends in an Average layer, the
-    returned model puts out the probabilities of every averaged network side by side, and
+    returned model outputs the probabilities of every averaged network side by side, and
     `networks` is their number. Otherwise it returns (`model`, 1).
 
     In int8, an in-graph mean is rounded to the output's steps of 1/256, so two classes

@@ -15,7 +15,7 @@ Quantization: model inputs are the packet bytes scaled to [0, 1] (byte / 255). T
 quantizes them with the model's own input scale and zero point,
 q = clip(round(byte / 255 / scale) + zero_point, -128, 127), through a 256-entry lookup
 table, and dequantizes outputs as (q - zero_point) * scale after widening to int32. A model
-of several averaged networks (`edge-etc train --members`) puts out each network's
+of several averaged networks (`edge-etc train --members`) outputs each network's
 probabilities, and their mean is taken after dequantizing, so it is not rounded to the
 output's int8 steps.
 """
@@ -145,6 +145,14 @@ def dequantize(q, scale, zero_point):
     return ((q.astype(np.int32) - zero_point) * scale).astype(np.float32)
 
 
+def average_networks(values, networks):
+    """Return the float32 mean over the network blocks of `values`, rows of `networks`
+    blocks of one value per class each, side by side."""
+    if networks == 1:
+        return values
+    return values.reshape(len(values), networks, -1).mean(axis=1, dtype=np.float32)
+
+
 class Classifier:
     """Runs windows through an int8 TFLite model in batches.
 
@@ -186,12 +194,13 @@ class Classifier:
             raise ModelError(f"{model.path}: model input shape {tuple(inp['shape'])} does not match "
                              f"its preprocessing settings (expected (batch, {self.window_shape[0]}, "
                              f"{self.window_shape[1]}))")
-        # A model of several averaged networks puts out each network's probabilities, one
+        # A model of several averaged networks outputs each network's probabilities, one
         # block of len(labels) after the other, and their mean is taken here in float32.
         self.networks = model.networks
         if out["shape"][-1] != self.networks * len(model.labels):
             raise ModelError(f"{model.path}: model has {out['shape'][-1]} outputs but "
-                             f"{len(model.labels)} labels and {self.networks} networks")
+                             f"{len(model.labels)} labels and {self.networks} networks; convert it "
+                             "again with 'edge-etc convert'")
         self._input_index = inp["index"]
         self._output_index = out["index"]
         in_scale, in_zero = inp["quantization"]
@@ -272,8 +281,6 @@ class Classifier:
             self.interpreter.set_tensor(self._input_index, self._batch)
             self.interpreter.invoke()
             q = self.interpreter.get_tensor(self._output_index)
-            p = dequantize(q[:count], self.out_scale, self.out_zero)
-            if self.networks > 1:
-                p = p.reshape(count, self.networks, -1).mean(axis=1, dtype=np.float32)
-            out[start:start + count] = p
+            probabilities = dequantize(q[:count], self.out_scale, self.out_zero)
+            out[start:start + count] = average_networks(probabilities, self.networks)
         return out

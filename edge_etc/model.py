@@ -55,7 +55,7 @@ def default_model_path():
 
 def encode_metadata(labels, preprocessing, unknown_threshold=0.0, info=None, networks=1):
     """Return the metadata entry's bytes (used by the converter). `networks`: how many
-    networks' probabilities the model puts out side by side, to be averaged."""
+    networks' probabilities the model outputs side by side, to be averaged."""
     doc = {
         "format": MODEL_FORMAT,
         "version": MODEL_VERSION,
@@ -70,7 +70,8 @@ def encode_metadata(labels, preprocessing, unknown_threshold=0.0, info=None, net
 
 def decode_metadata(raw, source):
     """Parse a metadata entry; return (labels, preprocessing, unknown_threshold, info,
-    networks). Models converted before "networks" existed have one network's outputs."""
+    networks). `networks` is None when the entry has none, as in models converted before
+    it existed, which have one network's outputs."""
     try:
         doc = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
@@ -83,8 +84,10 @@ def decode_metadata(raw, source):
     labels = doc.get("labels")
     if not isinstance(labels, list) or not labels or not all(isinstance(x, str) for x in labels):
         raise ModelError(f"{source}: model metadata has no valid label list")
-    if len(set(labels)) != len(labels):
-        raise ModelError(f"{source}: model metadata lists a label twice: {','.join(labels)}")
+    duplicates = sorted({label for label in labels if labels.count(label) > 1})
+    if duplicates:
+        raise ModelError(f"{source}: invalid label list in the model metadata: "
+                         f"{', '.join(repr(label) for label in duplicates)} appears more than once")
     try:
         pre = Preprocessing.from_dict(doc.get("preprocessing") or {}, source=source)
     except Exception as e:  # ConfigError from the settings check
@@ -92,8 +95,8 @@ def decode_metadata(raw, source):
     threshold = doc.get("unknown_threshold", 0.0)
     if not isinstance(threshold, (int, float)) or not 0.0 <= threshold <= 1.0:
         raise ModelError(f"{source}: unknown_threshold={threshold!r} is invalid: expected 0 to 1")
-    networks = doc.get("networks", 1)
-    if type(networks) is not int or not 1 <= networks <= MAX_NETWORKS:
+    networks = doc.get("networks")
+    if networks is not None and (type(networks) is not int or not 1 <= networks <= MAX_NETWORKS):
         value_text = repr(networks) if len(repr(networks)) <= 20 else repr(networks)[:20] + "..."
         raise ModelError(f"{source}: networks={value_text} in the model metadata is invalid: expected a "
                          f"whole number from 1 to {MAX_NETWORKS}")
@@ -131,16 +134,15 @@ def load_model_info(path):
         raise ModelError(f"{path}: model has no edge-etc preprocessing settings; convert it "
                          "with 'edge-etc convert' so the settings travel with it")
     labels, pre, threshold, info, networks = decode_metadata(meta[METADATA_NAME], path)
-    check_output_blocks(path, blocks, labels, networks, "networks" in json.loads(meta[METADATA_NAME]))
-    return ModelInfo(path, data, labels, pre, threshold, info, operators, networks)
+    check_output_blocks(path, blocks, labels, networks)
+    return ModelInfo(path, data, labels, pre, threshold, info, operators, networks or 1)
 
 
-def check_output_blocks(path, blocks, labels, networks, recorded):
+def check_output_blocks(path, blocks, labels, networks):
     """Raise ModelError unless the model's output parts are `networks` blocks of one value
-    per label. `blocks` are the widths from TFLiteModel.output_blocks; a single network's
-    output is one part, not joined from several. `recorded`: the metadata has a networks
-    entry (models converted before it existed have none, and one network)."""
-    if networks == 1:
+    per label. `blocks` are the widths from TFLiteModel.output_blocks. `networks` None (no
+    metadata entry) means one network, whose output is one part, not joined from several."""
+    if networks in (None, 1):
         fits = sum(blocks) == len(labels) and len(blocks) == 1
     else:
         fits = len(blocks) == networks and all(b == len(labels) for b in blocks)
@@ -148,6 +150,6 @@ def check_output_blocks(path, blocks, labels, networks, recorded):
         return
     shape = (f"{len(blocks)} joined blocks of {', '.join(map(str, sorted(set(blocks))))} values"
              if len(blocks) > 1 else f"{blocks[0]} values")
-    networks_text = f"networks={networks}" if recorded else "no networks entry (so 1 network)"
+    networks_text = f"networks={networks}" if networks else "no networks entry (so 1 network)"
     raise ModelError(f"{path}: the model's output is {shape}, but its metadata has "
                      f"{len(labels)} labels and {networks_text}; convert it again with 'edge-etc convert'")

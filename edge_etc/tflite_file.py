@@ -203,7 +203,7 @@ class TFLiteModel:
     def output_blocks(self):
         """Return the widths (last dimension) of the parts the main subgraph's first output
         is joined from: the inputs of the CONCATENATION that writes it along its last axis,
-        or else the output alone. A model of several averaged networks puts out one part
+        or else the output alone. A model of several averaged networks outputs one part
         per network."""
         try:
             graph = self.root.tables(2)[0]

@@ -396,7 +396,7 @@ def test_summary_records_include_filtered():
     assert int(summary["packets"]) == int(summary["records"]) - int(summary["filtered"])
 
 
-def test_info_counts_the_averaged_networks():
+def test_info_counts_averaged_networks():
     """`edge-etc info` names how many networks the bundled model averages, and their output
     blocks fill the model's output exactly."""
     import json
@@ -408,11 +408,14 @@ def test_info_counts_the_averaged_networks():
     assert proc.returncode == 0, proc.stderr
     doc = json.loads(proc.stdout)
     model = load_model_info(default_model_path())
-    assert doc["networks"] == model.networks >= 1
+    assert doc["networks"] == model.networks
+    assert model.networks >= 1
     out = Classifier(model).interpreter.get_output_details()[0]
     assert out["shape"][-1] == doc["networks"] * len(doc["labels"])
+
     # The file reader finds the same layout in the graph, before any interpreter exists.
     from edge_etc.tflite_file import TFLiteModel
+
     assert TFLiteModel(model.data).output_blocks() == [len(doc["labels"])] * doc["networks"]
 
 

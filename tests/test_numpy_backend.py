@@ -19,7 +19,7 @@ import pytest
 from conftest import Scan, case
 from edge_etc import numpy_backend
 from edge_etc.errors import InterpreterError, ModelError
-from edge_etc.infer import Classifier, dequantize, find_interpreter, input_lut
+from edge_etc.infer import Classifier, average_networks, dequantize, find_interpreter, input_lut
 from edge_etc.model import default_model_path, load_model_info
 from edge_etc.numpy_backend import Interpreter, quantize_multiplier, rescale
 from edge_etc.tflite_file import TFLiteModel, _I8, _I32
@@ -73,11 +73,10 @@ def run_batches(interpreter, x, batch=BATCH):
 
 
 def class_scores(outputs, networks):
-    """Return int32 scores proportional to the class probabilities the runner computes from
-    raw int8 outputs. Each network's softmax has zero point -128, so q + 128 is proportional
-    to its probability. A model of several networks is decided by their sum."""
-    q = outputs.astype(np.int32) + 128
-    return q.reshape(len(q), networks, -1).sum(axis=1)
+    """Return scores proportional to the class probabilities the runner computes from raw
+    int8 outputs. Each network's softmax has zero point -128, so q + 128 is proportional to
+    its probability, and the runner takes the mean over the networks."""
+    return average_networks(outputs.astype(np.int32) + 128, networks)
 
 
 def assert_agreement(ours, theirs, networks):
@@ -167,8 +166,8 @@ def test_classifier_numpy_probabilities(model, backend, kernels):
     probabilities = classifier.predict([bytes(w) for w in raw.reshape(len(raw), -1)])
     expected = run_batches(litert_interpreter(model.data, kernels), model_input(model, raw))
     out = Interpreter(model_content=model.data).get_output_details()[0]
-    per_network = dequantize(expected, *out["quantization"]).reshape(len(raw), model.networks, -1)
-    np.testing.assert_array_equal(probabilities, per_network.mean(axis=1, dtype=np.float32))
+    per_network = dequantize(expected, *out["quantization"])
+    np.testing.assert_array_equal(probabilities, average_networks(per_network, model.networks))
 
 
 def test_classifier_logs_numpy_kernels(model, caplog):

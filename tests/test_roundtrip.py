@@ -81,7 +81,7 @@ def test_combined_members_average_their_outputs():
     assert combine_members(models[:1], settings) is models[0]
 
 
-def test_int8_average_keeps_each_network_output(tmp_path):
+def test_average_keeps_network_outputs(tmp_path):
     """An average of networks converts with one block of outputs per network, and the runner
     averages the blocks after dequantizing, so the mean is not rounded to the 1/256 steps of
     an int8 output. A single network keeps one block."""
@@ -95,7 +95,8 @@ def test_int8_average_keeps_each_network_output(tmp_path):
     models = _members(2, settings)
     combined = combine_members(models, settings)
     rng = np.random.default_rng(2)
-    windows = rng.integers(0, 256, (456, 3, settings.vector_bytes), dtype=np.uint8)  # 200 + one batch
+    # 200 windows to calibrate with, then one batch of the classifier (256) to compare on.
+    windows = rng.integers(0, 256, (456, 3, settings.vector_bytes), dtype=np.uint8)
     labels = [f"class{i}" for i in range(10)]
     tflite, classifier = to_int8(combined, settings, labels, windows[:200])
     path = tmp_path / "average.tflite"
@@ -112,9 +113,11 @@ def test_int8_average_keeps_each_network_output(tmp_path):
     floats = [m.predict(batch.reshape(-1, 3, settings.vector_bytes).astype(np.float32) / 255.0,
                         verbose=0) for m in models]
     for i, p in enumerate(floats):
-        np.testing.assert_allclose(blocks[:, i], p, atol=0.03)  # each block is its network's
+        # Each block is its own network's output, within int8 rounding.
+        np.testing.assert_allclose(blocks[:, i], p, atol=0.03)
+    # Means of two blocks fall between the 1/256 steps of a single int8 output.
     steps = mean * 256
-    assert np.abs(steps - np.round(steps)).max() > 0.1  # half steps: finer than one int8 output
+    assert np.abs(steps - np.round(steps)).max() > 0.1
 
     _, single = to_int8(models[0], settings, labels, windows[:200])
     assert single.networks == 1
@@ -153,11 +156,11 @@ _TWENTY = [f"class{i}" for i in range(20)]
     ({"networks": True}, "networks=True in the model metadata is invalid: expected a whole number from 1 to 1000"),
     ({"networks": 10 ** 30}, "networks=" + "1" + "0" * 19 + "... in the model metadata is invalid: "
                              "expected a whole number from 1 to 1000"),
-    ({"labels": ["Web"] * 10}, "model metadata lists a label twice: " + ",".join(["Web"] * 10)),
+    ({"labels": ["Web"] * 10}, "invalid label list in the model metadata: 'Web' appears more than once"),
 ])
 def test_run_rejects_wrong_network_count(two_network_model, tmp_path, edit, problem):
     """A model whose metadata does not describe its outputs (network count, labels) is
-    refused with one line by `run` and `info`, not averaged wrongly."""
+    rejected with one line by `run` and `info`, not averaged wrongly."""
     from convert.tflite import add_metadata
     from edge_etc.model import METADATA_NAME, decode_metadata
     from edge_etc.tflite_file import TFLiteModel
@@ -286,8 +289,8 @@ def test_evaluate_ci_preset(corpus, tmp_path):
         # score, and every depth has one score per repeat or average.
         for part in (result[key], result[key]["ensemble"]):
             assert part["depths"]["1"]["repeat_float"] == part["repeat_macro_f1"]
-            assert all(len(d["repeat_float"]) == len(part["repeat_macro_f1"])
-                       for d in part["depths"].values())
+            for depth in part["depths"].values():
+                assert len(depth["repeat_float"]) == len(part["repeat_macro_f1"])
     changed = result["cnn_lstm"]["int8_changed"]
     assert [c["flows"] for c in changed] == [r["support"] for r in result["cnn_lstm"]["float"]]
     assert all(0 <= c["changed"] <= c["flows"] for c in changed)

@@ -666,14 +666,15 @@ elif mode == "infer":
         np.save("%s-%s.npy" % (sys.argv[3], backend), np.concatenate(results))
         print("  %s: %d windows in %.1f s" % (backend, len(x), time.monotonic() - started))
 else:
+    from edge_etc.infer import average_networks
     from edge_etc.model import default_model_path, load_model_info
 
-    # A model of several networks puts out one block of class probabilities per network,
-    # and the runner decides on their sum.
+    # A model of several networks outputs one block of class probabilities per network,
+    # and the runner decides on their mean.
     networks = load_model_info(default_model_path()).networks
 
     def labels_of(outputs):
-        return (outputs + 128).reshape(len(outputs), networks, -1).sum(axis=1).argmax(axis=1)
+        return average_networks(outputs + 128, networks).argmax(axis=1)
 
     folder, arch = sys.argv[2], sys.argv[3]
     host_windows = np.load(folder + "/host-windows.npy")
