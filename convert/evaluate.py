@@ -143,7 +143,7 @@ class Evaluation:
 
     def __init__(self, corpus, settings, captures, folds, epochs, seed, max_windows, first_only,
                  int8=True, class_power=None, weighting=None, repeats=1, members=None,
-                 name="CNN-LSTM", average_size=MEMBERS):
+                 name="CNN-LSTM", average_size=MEMBERS, port_prior=False):
         self.settings = settings
         self.data = dataset.build_windows(corpus, settings, captures, seed=seed)
         self.captures = captures
@@ -160,6 +160,20 @@ class Evaluation:
         self.members = members or 1
         self.groups = average_groups(repeats, average_size)
         self.name = name  # the network's name in log lines
+        # With port_prior, each fold's networks are scored with the server port prior of
+        # that fold's training captures, as `edge-etc train` stores it in the model.
+        self.port_prior = port_prior
+        self._priors = {}
+
+    def fold_prior(self, f):
+        """Return the server port prior of fold `f`'s training captures, or None."""
+        from .train import port_prior_of
+
+        if not self.port_prior:
+            return None
+        if f not in self._priors:
+            self._priors[f] = port_prior_of(self.data, self.split(f)[0])
+        return self._priors[f]
 
     def split(self, f):
         train = [i for i in range(len(self.captures)) if self.fold[i] != f]
@@ -186,7 +200,8 @@ class Evaluation:
         out = self._new_result()
         pooled = {"true": [], "float": [], "int8": [], "seen": []}
         # Every test window's class probabilities, for analyses of decision rules.
-        self.saved = {"repeat": [], "fold": [], "window": [], "float": [], "int8": []}
+        self.saved = {"repeat": [], "fold": [], "window": [], "float": [], "int8": [],
+                      "float_networks": [], "int8_networks": []}
         fold_models = collections.defaultdict(list)
         for r in range(self.repeats):
             self._run_repeat(r, out, pooled, fold_models)
@@ -259,7 +274,7 @@ class Evaluation:
         `save`, the test windows' probabilities of a repeat go to `save_probabilities`.
         """
         from .tflite import to_int8
-        from .train import validation_probabilities
+        from .train import apply_held_out_port_prior, apply_port_prior, validation_probabilities
 
         data = self.data
         if first_fold == 0:
@@ -273,12 +288,17 @@ class Evaluation:
             out["repeat"].append(repeat if repeat is not None else 0)
             test = data.select(test_idx)
             x_test = data.x[test]
-            p_float = model.predict(x_test.astype(np.float32) / 255.0, batch_size=512, verbose=0)
+            prior = self.fold_prior(f)
+            # The networks' probabilities, and the decisions' after the server port prior.
+            networks = {"float": model.predict(x_test.astype(np.float32) / 255.0, batch_size=512,
+                                               verbose=0)}
+            p_float = apply_port_prior(networks["float"], data, test, prior)
             labelled = data.y[test] >= 0
             out["float_windows"].append(per_class_report(data.y[test][labelled], p_float[labelled].argmax(1), data.classes))
 
             # Threshold for "unknown" from the inner validation captures.
             val, p_val = validation_probabilities(model, data, val_sets)
+            p_val = apply_held_out_port_prior(p_val, data, val, train_idx if prior else None)
             threshold = 0.0
             if val.any():
                 ids, pred, conf = _flow_confidence(p_val, data, val, self.max_windows)
@@ -306,7 +326,8 @@ class Evaluation:
                 train_windows = np.flatnonzero(data.select(train_idx))
                 calib = data.x[rng.choice(train_windows, min(2000, len(train_windows)), replace=False)]
                 _, classifier = to_int8(model, self.settings, data.classes, calib)
-                p_int8 = classifier.predict([w.tobytes() for w in x_test])
+                networks["int8"] = classifier.predict([w.tobytes() for w in x_test])
+                p_int8 = apply_port_prior(networks["int8"], data, test, prior)
                 out["int8_windows"].append(per_class_report(data.y[test][labelled], p_int8[labelled].argmax(1), data.classes))
                 ids8, pred8, _ = _flow_confidence(p_int8, data, test, self.max_windows)
                 # Both decision lists cover the same flows in the same order.
@@ -326,6 +347,8 @@ class Evaluation:
                 self.saved["window"].append(window_ids)
                 for kind, p in probs.items():
                     self.saved[kind].append(p.astype(np.float32))
+                    if prior is not None:
+                        self.saved[f"{kind}_networks"].append(networks[kind].astype(np.float32))
             where = label or (f"repeat {repeat}" if self.repeats > 1 else "")
             log.info("%s, %sfold %d: flow macro-F1 float %.3f%s (%.0f s)", self.name,
                      f"{where}, " if where else "", f, out["float"][-1]["macro_f1"],
@@ -350,10 +373,20 @@ class Evaluation:
 
     def save_probabilities(self, path):
         """Write every test window's float (and int8) class probabilities of `run_model`
-        to `path` (.npz), with its repeat, fold, flow, position in the flow and the labels."""
+        to `path` (.npz), with its repeat, fold, flow, position in the flow and the labels.
+
+        With the server port prior, "float" and "int8" are the probabilities the decisions
+        use, "float_networks" and "int8_networks" the networks' before the prior,
+        "server_port" each window's port and "port_priors" each fold's prior as JSON."""
+        from edge_etc.port_prior import window_server_ports
+
         data = self.data
         arrays = {key: np.concatenate(v) for key, v in self.saved.items() if v}
         w = arrays["window"]
+        if self.port_prior and any(self._priors.values()):
+            arrays["server_port"] = window_server_ports(data.x[w], data.settings)
+            priors = [self.fold_prior(f) for f in range(self.k)]
+            arrays["port_priors"] = np.array([json.dumps(p.to_dict() if p else None) for p in priors])
         np.savez_compressed(path, **arrays, flow=data.flow[w], position=data.position[w],
                             capture=data.capture[w], y=data.y[w], flow_label=data.flow_label,
                             flow_capture=data.flow_capture, classes=np.array(data.classes))
@@ -695,7 +728,7 @@ def machine_info():
 def evaluate_command(corpus, output, preset, seed, vector_bytes, window_rule, no_server_port,
                      no_mask_addresses, context, window_packets, max_windows, first_only,
                      baselines, int8, port_buckets=None, class_power=None, weighting=None,
-                     repeats=None, members=None, average_size=None):
+                     repeats=None, members=None, average_size=None, port_prior=True):
     corpus = corpus or dataset.default_corpus()
     members = members or 1
     average_size = average_size or MEMBERS
@@ -713,7 +746,8 @@ def evaluate_command(corpus, output, preset, seed, vector_bytes, window_rule, no
     os.makedirs(output, exist_ok=True)
     ev = Evaluation(corpus, settings, captures, cfg["folds"], cfg["epochs"], seed, max_windows,
                     first_only, int8=int8, class_power=class_power, weighting=weighting,
-                    repeats=repeats, members=members, average_size=average_size)
+                    repeats=repeats, members=members, average_size=average_size,
+                    port_prior=port_prior)
     flags = []
     if no_server_port:
         flags.append("--no-server-port")
@@ -739,10 +773,14 @@ def evaluate_command(corpus, output, preset, seed, vector_bytes, window_rule, no
         flags.append("--context" if context else "--no-context")
     if port_buckets is not None:
         flags.append(f"--port-buckets {port_buckets}")
+    if not port_prior:
+        flags.append("--no-port-prior")
     results = {"flags": " ".join(flags), "settings": settings.to_dict(), "preset": preset, "folds": cfg["folds"],
                "epochs": cfg["epochs"], "seed": seed, "max_windows": max_windows,
                "first_only": first_only, "captures": len(captures), "repeats": repeats,
-               "members": members, "average_size": average_size, "weighting": _weighting_text(ev.weighting, class_power),
+               "members": members, "average_size": average_size,
+               "port_prior": bool(port_prior and settings.context and settings.server_port),
+               "weighting": _weighting_text(ev.weighting, class_power),
                "machine": machine_info()}
     per_application = collections.Counter(c.application.lower() for c in captures)
     results["applications"] = {"names": len(per_application),
@@ -778,7 +816,8 @@ def evaluate_command(corpus, output, preset, seed, vector_bytes, window_rule, no
             one = Evaluation(corpus, Preprocessing(**{**settings.to_dict_plain(), "window_packets": 1}),
                              captures, cfg["folds"], cfg["epochs"], seed, max_windows, first_only, int8=False,
                              weighting=weighting, repeats=repeats, members=members,
-                             name="one-packet CNN", average_size=average_size)
+                             name="one-packet CNN", average_size=average_size,
+                             port_prior=port_prior)
             results["one_packet_cnn"] = one.run_model()
             rows.append(_summary_row("one-packet CNN", results["one_packet_cnn"], "overall_float"))
             if "ensemble" in results["one_packet_cnn"]:
@@ -792,7 +831,8 @@ def evaluate_command(corpus, output, preset, seed, vector_bytes, window_rule, no
     classes = ev.data.classes
     text = [f"Grouped {cfg['folds']}-fold cross-validation by capture file, {len(captures)} captures, "
             f"seed {seed}, {repeats} training repeat(s), {results['seconds']:.0f} s",
-            f"settings: {json.dumps(settings.to_dict_plain())}", "",
+            f"settings: {json.dumps(settings.to_dict_plain())}",
+            "server port prior of the training flows: " + ("on" if results["port_prior"] else "off"), "",
             f"{'model':<40}{'flow macro-F1':>15}   per fold (mean over repeats or averages); "
             "per repeat or average"]
     for r in rows:

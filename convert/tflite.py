@@ -207,11 +207,13 @@ def run_converter(model, calibration, workdir):
         return f.read()
 
 
-def to_int8(model, settings, labels, calibration, info=None, unknown_threshold=0.0):
+def to_int8(model, settings, labels, calibration, info=None, unknown_threshold=0.0,
+            port_prior=None):
     """Quantize an (unrolled) Keras model; return (tflite bytes, runner `Classifier`).
 
     Args:
         calibration: uint8 windows (n, packets, bytes) built by the shared preprocessing.
+        port_prior: the metadata form of the model's server port prior, or None.
     """
     from edge_etc.infer import Classifier
     from edge_etc.model import METADATA_NAME, encode_metadata, load_model_info
@@ -226,7 +228,7 @@ def to_int8(model, settings, labels, calibration, info=None, unknown_threshold=0
         tflite = run_converter(converted, calibration.astype(np.float32) / 255.0, workdir)
         tflite = add_metadata(tflite, METADATA_NAME,
                               encode_metadata(labels, settings, unknown_threshold, info=info,
-                                              networks=networks))
+                                              networks=networks, port_prior=port_prior))
         tmp_path = os.path.join(workdir, "with_metadata.tflite")
         with open(tmp_path, "wb") as f:
             f.write(tflite)
@@ -282,8 +284,11 @@ def convert_command(keras_path, output, corpus, force, seed):
 
     model = unrolled_copy(model)
     threshold = float(meta.get("unknown_threshold", 0.0)) if meta else 0.0
-    tflite, int8 = to_int8(model, settings, labels, calib, info=info, unknown_threshold=threshold)
-    p_int8 = int8.predict([data.x[i].tobytes() for i in parity_idx])
+    port_prior = meta.get("port_prior") if meta else None
+    tflite, int8 = to_int8(model, settings, labels, calib, info=info, unknown_threshold=threshold,
+                           port_prior=port_prior)
+    # Parity compares the networks alone: the prior multiplies both sides alike.
+    p_int8 = int8.predict([data.x[i].tobytes() for i in parity_idx], port_prior=False)
     p_float = model.predict(data.x[parity_idx].astype(np.float32) / 255.0, batch_size=512, verbose=0)
     agreement = float((p_int8.argmax(1) == p_float.argmax(1)).mean())
     max_diff = float(np.abs(p_int8 - p_float).max())

@@ -19,6 +19,7 @@ import numpy as np
 
 from edge_etc.config import DEFAULTS
 from edge_etc.errors import ConfigError
+from edge_etc.port_prior import PortPrior, window_server_ports
 from edge_etc.preprocess import Preprocessing
 
 from . import dataset, load_keras
@@ -241,13 +242,14 @@ def _epoch_logger(epochs):
     return EpochLogger()
 
 
-def evaluate(model, data, test_idx, max_windows=DEFAULTS.flows.max_windows):
+def evaluate(model, data, test_idx, max_windows=DEFAULTS.flows.max_windows, prior=None):
     """Return window-level and flow-level reports on the captures `test_idx`, or None when
-    those captures have no labelled windows."""
+    those captures have no labelled windows. `prior`: a server port prior to apply."""
     m = data.select(test_idx) & (data.y >= 0)
     if not m.any():
         return None
     probs = model.predict(data.x[m].astype(np.float32) / 255.0, batch_size=512, verbose=0)
+    probs = apply_port_prior(probs, data, m, prior)
     window_pred = probs.argmax(1)
     flow_true, flow_pred, _ = flow_decisions(probs, data.flow[m], data.position[m],
                                              data.flow_label, max_windows)
@@ -301,15 +303,62 @@ def validation_probabilities(model, data, val_sets):
     return mask, (sums / counts[:, None]).astype(np.float32)
 
 
-def unknown_threshold(model, data, val_sets, max_windows=DEFAULTS.flows.max_windows):
+def port_prior_of(data, captures):
+    """Return the `PortPrior` of the labelled flows that have windows in `captures`, with
+    each flow's server port read from its first window as the runner reads it, or None when
+    the windows do not carry the server port."""
+    settings = data.settings
+    if not (settings.context and settings.server_port):
+        return None
+    rows = np.flatnonzero(data.select(captures) & (data.y >= 0))
+    if not len(rows):
+        return None
+    flows, first = np.unique(data.flow[rows], return_index=True)
+    ports = window_server_ports(data.x[rows[first]], settings)
+    return PortPrior.count(data.flow_label[flows], ports, len(data.classes))
+
+
+def apply_port_prior(probs, data, mask, prior):
+    """Return the probabilities of the windows `mask` of `data` with `prior` applied (None:
+    unchanged)."""
+    if prior is None or probs is None:
+        return probs
+    return prior.apply(probs, window_server_ports(data.x[mask], data.settings))
+
+
+def apply_held_out_port_prior(probs, data, mask, captures):
+    """Return the probabilities of the windows `mask` of `data`, each capture's with the
+    server port prior of `captures` less that capture.
+
+    The model's prior counts the validation captures' flows too. With their own counts in
+    it, flows on ports that only their capture uses look as certain as the training flows,
+    and a threshold chosen on them would reject more new flows than intended."""
+    if probs is None or captures is None:
+        return probs
+    out = probs.copy()
+    ports = window_server_ports(data.x[mask], data.settings)
+    capture = data.capture[mask]
+    for c in np.unique(capture):
+        prior = port_prior_of(data, [i for i in captures if i != c])
+        if prior is not None:
+            rows = capture == c
+            out[rows] = prior.apply(probs[rows], ports[rows])
+    return out
+
+
+def unknown_threshold(model, data, val_sets, max_windows=DEFAULTS.flows.max_windows,
+                      prior_captures=None):
     """Return the confidence under which the runner reports "unknown", chosen on the
     validation captures' labelled and background flows (see evaluate.choose_threshold and
-    `validation_probabilities`)."""
+    `validation_probabilities`). With `prior_captures`, the captures the model's server
+    port prior counts, each validation capture is scored with that prior less its own
+    flows (`apply_held_out_port_prior`)."""
     from .evaluate import _flow_confidence, choose_threshold
 
     val, probs = validation_probabilities(model, data, val_sets)
     if not val.any():
         return 0.0
+    probs = apply_held_out_port_prior(probs, data, val, prior_captures)
     ids, pred, confidence = _flow_confidence(probs, data, val, max_windows)
     labels = data.flow_label[ids]
     threshold = choose_threshold(confidence, pred == labels, labels < 0)
@@ -333,7 +382,7 @@ def _threshold_note(data, val_idx, threshold):
 
 def train_command(corpus, output, epochs, seed, vector_bytes, window_rule, no_server_port,
                   limit_captures, context=None, port_buckets=None, weighting=DEFAULT_WEIGHTING,
-                  members=None):
+                  members=None, port_prior=True):
     members = members or MEMBERS
     epochs = epochs or EPOCHS
     corpus = corpus or dataset.default_corpus()
@@ -361,11 +410,15 @@ def train_command(corpus, output, epochs, seed, vector_bytes, window_rule, no_se
         log.warning("%s", held_out_note)
     model, val_sets = fit(data, train_idx, settings, epochs, seed, return_val=True,
                           weighting=weighting, members=members)
-    threshold = unknown_threshold(model, data, val_sets)
+    prior = port_prior_of(data, train_idx) if port_prior else None
+    if port_prior and prior is None:
+        log.warning("no server port prior: the windows do not carry the server port "
+                    "(--no-server-port or --no-context)")
+    threshold = unknown_threshold(model, data, val_sets, prior_captures=train_idx if prior else None)
     threshold_note = _threshold_note(data, sorted(set().union(*map(set, val_sets))), threshold)
     if threshold_note:
         log.warning("unknown threshold %.2f: %s", threshold, threshold_note)
-    report = evaluate(model, data, test_idx)
+    report = evaluate(model, data, test_idx, prior=prior)
 
     os.makedirs(output, exist_ok=True)
     model_path = os.path.join(output, "model.h5")
@@ -384,6 +437,7 @@ def train_command(corpus, output, epochs, seed, vector_bytes, window_rule, no_se
                   "test": [captures[i].path for i in test_idx]},
         "results": report,
         "unknown_threshold": threshold,
+        "port_prior": prior.to_dict() if prior else None,
         "training_seconds": round(time.time() - started, 1),
     }
     with open(os.path.join(output, "model.json"), "w") as f:
@@ -393,7 +447,8 @@ def train_command(corpus, output, epochs, seed, vector_bytes, window_rule, no_se
         text += f"  {held_out_note}\n"
     text += (f"Networks averaged: {members} (seeds "
              + ", ".join(str(seed + MEMBER_SEED_STEP * i) for i in range(members)) + ")\n"
-             f"Unknown threshold: {threshold:.2f} (reported flows above use no threshold)\n")
+             f"Unknown threshold: {threshold:.2f} (reported flows above use no threshold)\n"
+             f"Server port prior: " + (f"{len(prior.ports)} ports of the training flows\n" if prior else "none\n"))
     if threshold_note:
         text += f"  {threshold_note}\n"
     text += "\n"

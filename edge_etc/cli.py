@@ -431,6 +431,10 @@ def _preprocessing_options(f):
                           "port, TCP flags) [default: the preprocessing default]."),
         click.option("--port-buckets", type=click.IntRange(0, 4096), default=None,
                      help="One-hot server port buckets after the context bytes (needs --context)."),
+        click.option("--port-prior/--no-port-prior", default=True, show_default=True,
+                     help="Multiply the class mix of the training flows on each server port "
+                          "into the networks' probabilities (needs the server port in the "
+                          "context bytes)."),
     ]
     for option in reversed(options):
         f = option(f)
@@ -461,15 +465,16 @@ def _members_option(default):
 @click.option("--limit-captures", type=click.IntRange(1), default=None,
               help="Use only N captures, spread over the classes (for quick tests).")
 @_verbosity
-def train(corpus, seed, vector_bytes, window_rule, no_server_port, context, port_buckets, output,
-          epochs, limit_captures, weighting, members, verbose, quiet):
+def train(corpus, seed, vector_bytes, window_rule, no_server_port, context, port_buckets,
+          port_prior, output, epochs, limit_captures, weighting, members, verbose, quiet):
     """Train the CNN-LSTM on labelled captures, holding out captures for evaluation."""
     setup_logging(verbose, quiet)
     mod = _training_module("train")
     try:
         mod.train_command(corpus, output, epochs, seed, vector_bytes, window_rule,
                           no_server_port, limit_captures, context=context,
-                          port_buckets=port_buckets, weighting=weighting, members=members)
+                          port_buckets=port_buckets, weighting=weighting, members=members,
+                          port_prior=port_prior)
     except EdgeEtcError as e:
         fail(str(e), e.exit_code)
 
@@ -508,8 +513,8 @@ def train(corpus, seed, vector_bytes, window_rule, no_server_port, context, port
               help="Class balance of the training weights: 1 equal per class, 0 in proportion "
                    "to the class's captures (or flows) [default: 0.5].")
 @_verbosity
-def evaluate(corpus, seed, vector_bytes, window_rule, no_server_port, context, port_buckets, output,
-             preset, repeats, window_packets, no_mask_addresses, max_windows, first_only, baselines,
+def evaluate(corpus, seed, vector_bytes, window_rule, no_server_port, context, port_buckets,
+             port_prior, output, preset, repeats, window_packets, no_mask_addresses, max_windows, first_only, baselines,
              int8, weighting, members, average_size, class_weight_power, verbose, quiet):
     """Cross-validate the CNN-LSTM by capture file, with baselines and ablations."""
     setup_logging(verbose, quiet)
@@ -519,7 +524,7 @@ def evaluate(corpus, seed, vector_bytes, window_rule, no_server_port, context, p
                              no_mask_addresses, context, window_packets, max_windows, first_only,
                              baselines, int8, port_buckets=port_buckets,
                              class_power=class_weight_power, weighting=weighting, repeats=repeats,
-                             members=members, average_size=average_size)
+                             members=members, average_size=average_size, port_prior=port_prior)
     except EdgeEtcError as e:
         fail(str(e), e.exit_code)
 
@@ -544,6 +549,9 @@ def info(model_path):
     click.echo(json.dumps({"path": m.path, "bytes": len(m.data), "labels": m.labels,
                            "preprocessing": m.preprocessing.to_dict(),
                            "unknown_threshold": m.unknown_threshold, "networks": m.networks,
+                           "port_prior": ({"ports": len(m.port_prior.ports),
+                                           "smoothing": m.port_prior.smoothing}
+                                          if m.port_prior else None),
                            "operators": m.operators,
                            "info": without_confusion(m.info)}, indent=1))
 

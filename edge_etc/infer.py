@@ -17,7 +17,8 @@ q = clip(round(byte / 255 / scale) + zero_point, -128, 127), through a 256-entry
 table, and dequantizes outputs as (q - zero_point) * scale after widening to int32. A model
 of several averaged networks (`edge-etc train --members`) outputs each network's
 probabilities, and their mean is taken after dequantizing, so it is not rounded to the
-output's int8 steps.
+output's int8 steps. A model with a server port prior (edge_etc.port_prior) has it
+multiplied into that mean.
 """
 
 import contextlib
@@ -30,6 +31,7 @@ import tempfile
 import numpy as np
 
 from .errors import InterpreterError, ModelError
+from .port_prior import window_server_ports
 
 log = logging.getLogger(__name__)
 
@@ -248,13 +250,17 @@ class Classifier:
             raise InterpreterError(f"{model.path}: {self.backend_name} could not load the model: "
                                    f"{detail}") from None
 
-    def predict(self, windows):
+    def predict(self, windows, port_prior=True):
         """Return class probabilities, shape (len(windows), classes), for raw windows.
 
         Args:
             windows: a sequence of byte strings of window_packets * vector_bytes bytes, or
                 a 2-D uint8 array with one window per row.
+            port_prior: apply the model's server port prior, if it has one. False returns
+                the networks' mean alone, as `edge-etc convert` compares it with the float
+                model.
         """
+        prior = self.model.port_prior if port_prior else None
         n = len(windows)
         out = np.empty((n, len(self.model.labels)), dtype=np.float32)
         size = self.batch_size
@@ -282,5 +288,9 @@ class Classifier:
             self.interpreter.invoke()
             q = self.interpreter.get_tensor(self._output_index)
             probabilities = dequantize(q[:count], self.out_scale, self.out_zero)
-            out[start:start + count] = average_networks(probabilities, self.networks)
+            probabilities = average_networks(probabilities, self.networks)
+            if prior is not None:
+                ports = window_server_ports(raw, self.model.preprocessing)
+                probabilities = prior.apply(probabilities, ports)
+            out[start:start + count] = probabilities
         return out

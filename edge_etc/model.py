@@ -8,6 +8,7 @@ FlatBuffer. It is JSON:
      "preprocessing": {...},               # edge_etc.preprocess.Preprocessing
      "unknown_threshold": 0.0,             # below this confidence a flow is "unknown"
      "networks": 5,                        # averaged networks, one block of outputs each
+     "port_prior": {...},                  # optional: edge_etc.port_prior.PortPrior
      "info": {...}}                        # free-form: training data, date, results
 
 The runner reads it with `load_model_info`, so a model always runs with the preprocessing
@@ -18,6 +19,7 @@ import json
 import os
 
 from .errors import ModelError
+from .port_prior import PortPrior, check_settings
 from .preprocess import Preprocessing
 from .tflite_file import TFLiteFileError, TFLiteModel
 
@@ -32,9 +34,10 @@ class ModelInfo:
     """A model file's bytes and what edge-etc stored with it."""
 
     def __init__(self, path, data, labels, preprocessing, unknown_threshold, info, operators,
-                 networks=1):
+                 networks=1, port_prior=None):
         self.path = path
         self.networks = networks
+        self.port_prior = port_prior  # a PortPrior, or None
         self.data = data
         self.labels = labels
         self.preprocessing = preprocessing
@@ -53,9 +56,11 @@ def default_model_path():
     return os.path.join(os.path.dirname(os.path.abspath(__file__)), "models", "default.tflite")
 
 
-def encode_metadata(labels, preprocessing, unknown_threshold=0.0, info=None, networks=1):
+def encode_metadata(labels, preprocessing, unknown_threshold=0.0, info=None, networks=1,
+                    port_prior=None):
     """Return the metadata entry's bytes (used by the converter). `networks`: how many
-    networks' probabilities the model outputs side by side, to be averaged."""
+    networks' probabilities the model outputs side by side, to be averaged. `port_prior`:
+    the metadata form of a `PortPrior` (its `to_dict`), or None."""
     doc = {
         "format": MODEL_FORMAT,
         "version": MODEL_VERSION,
@@ -65,13 +70,16 @@ def encode_metadata(labels, preprocessing, unknown_threshold=0.0, info=None, net
         "info": info or {},
         "networks": int(networks),
     }
+    if port_prior is not None:
+        doc["port_prior"] = port_prior
     return json.dumps(doc, sort_keys=True).encode()
 
 
 def decode_metadata(raw, source):
     """Parse a metadata entry; return (labels, preprocessing, unknown_threshold, info,
-    networks). `networks` is None when the entry has none, as in models converted before
-    it existed, which have one network's outputs."""
+    networks, port_prior). `networks` is None when the entry has none, as in models
+    converted before it existed, which have one network's outputs. `port_prior` is a
+    `PortPrior`, or None when the entry has none."""
     try:
         doc = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
@@ -100,7 +108,11 @@ def decode_metadata(raw, source):
         value_text = repr(networks) if len(repr(networks)) <= 20 else repr(networks)[:20] + "..."
         raise ModelError(f"{source}: networks={value_text} in the model metadata is invalid: expected a "
                          f"whole number from 1 to {MAX_NETWORKS}")
-    return labels, pre, float(threshold), doc.get("info") or {}, networks
+    port_prior = None
+    if "port_prior" in doc:
+        check_settings(pre, source)
+        port_prior = PortPrior.from_dict(doc["port_prior"], len(labels), source)
+    return labels, pre, float(threshold), doc.get("info") or {}, networks, port_prior
 
 
 def load_model_info(path):
@@ -133,9 +145,9 @@ def load_model_info(path):
     if METADATA_NAME not in meta:
         raise ModelError(f"{path}: model has no edge-etc preprocessing settings; convert it "
                          "with 'edge-etc convert' so the settings travel with it")
-    labels, pre, threshold, info, networks = decode_metadata(meta[METADATA_NAME], path)
+    labels, pre, threshold, info, networks, port_prior = decode_metadata(meta[METADATA_NAME], path)
     check_output_blocks(path, blocks, labels, networks)
-    return ModelInfo(path, data, labels, pre, threshold, info, operators, networks or 1)
+    return ModelInfo(path, data, labels, pre, threshold, info, operators, networks or 1, port_prior)
 
 
 def check_output_blocks(path, blocks, labels, networks):

@@ -4,7 +4,9 @@
 `edge_etc.engine.EnginePipeline` instead where the extension is built, with the same
 interface and output.
 
-Decision rule: a flow is classified from its first complete window. With `max_windows`
+Decision rule: a flow is classified from its first complete window. A window's class
+probabilities are the model's output with its server port prior applied, where the model
+has one (`Classifier.predict`, edge_etc.port_prior). With `max_windows`
 above 1 (the default is 1), its next windows refine the decision: the class probabilities of every window seen
 so far are averaged, and the label is the class with the highest mean probability. A record
 is written when the flow is first classified, and again only when a later window changes

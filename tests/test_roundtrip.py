@@ -141,6 +141,12 @@ def two_network_model():
 _TWENTY = [f"class{i}" for i in range(20)]
 
 
+def _default_settings():
+    from edge_etc.preprocess import Preprocessing
+
+    return Preprocessing().to_dict()
+
+
 @pytest.mark.parametrize("edit, problem", [
     ({"networks": 3}, "the model's output is 2 joined blocks of 10 values, but its metadata has "
                       "10 labels and networks=3; convert it again with 'edge-etc convert'"),
@@ -157,10 +163,17 @@ _TWENTY = [f"class{i}" for i in range(20)]
     ({"networks": 10 ** 30}, "networks=" + "1" + "0" * 19 + "... in the model metadata is invalid: "
                              "expected a whole number from 1 to 1000"),
     ({"labels": ["Web"] * 10}, "invalid label list in the model metadata: 'Web' appears more than once"),
+    ({"port_prior": {"smoothing": 1.0, "class_flows": [1] * 10, "ports": {"443": [1]}}},
+     "invalid port_prior in the model metadata: port 443 must have 10 flow counts"),
+    ({"port_prior": {"smoothing": 1.0, "class_flows": [1] * 10, "ports": {}},
+      "preprocessing": {**_default_settings(), "server_port": False, "port_buckets": 0}},
+     "the model has a port_prior, but its preprocessing settings leave the server port out of "
+     "the windows (context and server_port must be true)"),
 ])
-def test_run_rejects_wrong_network_count(two_network_model, tmp_path, edit, problem):
-    """A model whose metadata does not describe its outputs (network count, labels) is
-    rejected with one line by `run` and `info`, not averaged wrongly."""
+def test_run_rejects_inconsistent_metadata(two_network_model, tmp_path, edit, problem):
+    """A model whose metadata does not describe its outputs (network count, labels) or
+    carries an unusable server port prior is rejected with one line by `run` and `info`,
+    not run wrongly."""
     from convert.tflite import add_metadata
     from edge_etc.model import METADATA_NAME, decode_metadata
     from edge_etc.tflite_file import TFLiteModel
@@ -325,8 +338,13 @@ def test_evaluate_ci_preset(corpus, tmp_path):
         assert again["confusion"] == report["confusion"]
 
     # The average of the repeats' networks: one combined model per fold, float and int8. Its
-    # float decisions are those of the mean of the repeats' saved probabilities (up to float
-    # rounding between one combined model and separate ones: a near tie may flip a flow).
+    # float decisions are those of the mean of the repeats' saved network probabilities with
+    # the fold's server port prior applied (up to float rounding between one combined model
+    # and separate ones: a near tie may flip a flow).
+    from edge_etc.port_prior import PortPrior
+    assert result["port_prior"] is True
+    priors = [PortPrior.from_dict(json.loads(doc), len(saved["classes"]), "test")
+              for doc in saved["port_priors"]]
     for name in ("CNN-LSTM float, average of 2", "CNN-LSTM int8, average of 2",
                  "statistics + server port, average of 2", "one-packet CNN, average of 2"):
         assert name in names
@@ -338,8 +356,9 @@ def test_evaluate_ci_preset(corpus, tmp_path):
         for repeat in range(2):
             m = (saved["repeat"] == repeat) & (saved["fold"] == fold)
             order = np.argsort(saved["window"][m])
-            parts.append((saved["float"][m][order], saved["flow"][m][order], saved["position"][m][order]))
-        mean = (parts[0][0] + parts[1][0]) / 2
+            parts.append((saved["float_networks"][m][order], saved["flow"][m][order],
+                          saved["position"][m][order], saved["server_port"][m][order]))
+        mean = priors[fold].apply((parts[0][0] + parts[1][0]) / 2, parts[0][3])
         true, pred, _ = flow_decisions(mean, parts[0][1], parts[0][2], saved["flow_label"], 1)
         known = true >= 0
         confusion = np.array(per_class_report(true[known], pred[known], list(saved["classes"]))["confusion"])

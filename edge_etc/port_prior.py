@@ -1,0 +1,144 @@
+"""Server port prior: the class mix of the training flows on each server port, multiplied
+into the network's class probabilities.
+
+The network sees the server port through 256 hashed buckets, which ports of other classes
+share, and a port that no training flow used lands in a bucket trained on other ports. The
+prior counts exact ports instead. For a window whose server port p is in the table, the
+probability of class c is multiplied by
+
+    factor(p, c) = ((n(p, c) + a * s(c)) / (n(p) + a)) / s(c)
+
+and the row is normalized to sum 1 again. n(p, c) is the number of labelled training flows
+of class c on port p, n(p) their sum, s(c) the class's share of all labelled training
+flows, and a the smoothing (in flows). The factor is the port's class mix, pulled towards
+the overall mix by a flows, relative to the overall mix. A port not in the table leaves
+the probabilities unchanged.
+
+The port is read from the window itself, in the first packet's context bytes (see
+edge_etc.preprocess), so the trainer and the runner apply the prior to the same windows
+in the same way. The model metadata carries the table as
+
+    "port_prior": {"smoothing": 1.0, "class_flows": [n(c) per label],
+                   "ports": {"443": [n(443, c) per label], ...}}
+"""
+
+import numpy as np
+
+from .errors import ModelError
+# Offset of the server port's high byte within the context bytes (edge_etc.preprocess).
+PORT_OFFSET = 5
+SMOOTHING = 1.0
+MAX_PORT = 65535
+
+
+class PortPrior:
+    """Per-port class factors, from flow counts (see the module docstring).
+
+    Args:
+        class_flows: labelled training flows per class, one count per label.
+        port_flows: {server port: flows per class on that port}.
+        smoothing: a, in flows.
+    """
+
+    def __init__(self, class_flows, port_flows, smoothing=SMOOTHING):
+        self.class_flows = np.asarray(class_flows, dtype=np.float64)
+        self.smoothing = float(smoothing)
+        self.port_flows = {int(p): np.asarray(n, dtype=np.float64) for p, n in port_flows.items()}
+        share = self.class_flows / self.class_flows.sum()
+        self.ports = np.array(sorted(self.port_flows), dtype=np.int64)
+        factors = np.ones((len(self.ports), len(share)))
+        present = share > 0
+        for row, port in enumerate(self.ports):
+            n = self.port_flows[port]
+            mix = (n + self.smoothing * share) / (n.sum() + self.smoothing)
+            factors[row, present] = mix[present] / share[present]
+        # A class without training flows has no share to compare with, so its factor stays 1.
+        self.factors = factors.astype(np.float32)
+
+    @classmethod
+    def count(cls, labels, ports, n_classes, smoothing=SMOOTHING):
+        """Return the prior of flows with class indices `labels` and server `ports`."""
+        labels = np.asarray(labels, dtype=np.int64)
+        ports = np.asarray(ports, dtype=np.int64)
+        class_flows = np.bincount(labels, minlength=n_classes)
+        port_flows = {}
+        for port in np.unique(ports):
+            port_flows[int(port)] = np.bincount(labels[ports == port], minlength=n_classes)
+        return cls(class_flows, port_flows, smoothing)
+
+    def to_dict(self):
+        """Return the metadata form (see the module docstring)."""
+        return {"smoothing": self.smoothing,
+                "class_flows": [int(n) for n in self.class_flows],
+                "ports": {str(p): [int(n) for n in self.port_flows[p]] for p in self.ports}}
+
+    @classmethod
+    def from_dict(cls, doc, n_labels, source):
+        """Return the prior stored in model metadata, or raise ModelError naming `source`."""
+        def invalid(what):
+            return ModelError(f"{source}: invalid port_prior in the model metadata: {what}")
+
+        if not isinstance(doc, dict):
+            raise invalid("expected an object with smoothing, class_flows and ports")
+        smoothing = doc.get("smoothing")
+        if isinstance(smoothing, bool) or not isinstance(smoothing, (int, float)) or not 0 < smoothing < 1e9:
+            raise invalid(f"smoothing={smoothing!r}, expected a number above 0")
+        class_flows = doc.get("class_flows")
+        if not _is_counts(class_flows, n_labels) or sum(class_flows) == 0:
+            raise invalid(f"class_flows must be {n_labels} flow counts, not all 0")
+        ports = doc.get("ports")
+        if not isinstance(ports, dict):
+            raise invalid("ports must map port numbers to flow counts")
+        port_flows = {}
+        for key, counts in ports.items():
+            if not (isinstance(key, str) and key.isdigit() and int(key) <= MAX_PORT):
+                raise invalid(f"port {key!r} is not a number from 0 to {MAX_PORT}")
+            if not _is_counts(counts, n_labels):
+                raise invalid(f"port {key} must have {n_labels} flow counts")
+            port_flows[int(key)] = counts
+        return cls(class_flows, port_flows, smoothing)
+
+    def apply(self, probabilities, ports):
+        """Return `probabilities` (rows of class probabilities, float32) multiplied by the
+        factors of each row's server port in `ports`, each row summing to 1 again."""
+        if not len(self.ports):
+            return probabilities
+        row = np.searchsorted(self.ports, ports)
+        row = np.minimum(row, len(self.ports) - 1)
+        known = self.ports[row] == ports
+        if not known.any():
+            return probabilities
+        out = probabilities.astype(np.float32, copy=True)
+        scaled = out[known] * self.factors[row[known]]
+        total = scaled.sum(axis=1, keepdims=True)
+        # A row whose every probability was 0 (int8 rounding) stays as it was.
+        np.divide(scaled, total, out=scaled, where=total > 0)
+        out[known] = np.where(total > 0, scaled, out[known])
+        return out
+
+
+def _is_counts(values, n):
+    return (isinstance(values, list) and len(values) == n and
+            all(type(v) is int and 0 <= v < 2 ** 53 for v in values))
+
+
+def window_server_ports(windows, settings):
+    """Return the server port of each window, read from its first packet's context bytes.
+
+    Args:
+        windows: uint8 windows, shape (n, packets, vector_bytes) or (n, packets * vector_bytes).
+        settings: the `Preprocessing` the windows were built with; it must have context
+            bytes and the server port visible.
+    """
+    flat = windows.reshape(len(windows), -1)
+    offset = settings.header_bytes + PORT_OFFSET
+    return flat[:, offset].astype(np.int64) * 256 + flat[:, offset + 1]
+
+
+def check_settings(settings, source):
+    """Raise ModelError unless windows of `settings` carry the server port for the prior."""
+    if not (settings.context and settings.server_port):
+        raise ModelError(f"{source}: the model has a port_prior, but its preprocessing settings "
+                         "leave the server port out of the windows (context and server_port must "
+                         "be true)")
+
