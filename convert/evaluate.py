@@ -347,7 +347,7 @@ class Evaluation:
                 self.saved["window"].append(window_ids)
                 for kind, p in probs.items():
                     self.saved[kind].append(p.astype(np.float32))
-                    if prior is not None:
+                    if self.port_prior:  # every fold, so the arrays stay aligned
                         self.saved[f"{kind}_networks"].append(networks[kind].astype(np.float32))
             where = label or (f"repeat {repeat}" if self.repeats > 1 else "")
             log.info("%s, %sfold %d: flow macro-F1 float %.3f%s (%.0f s)", self.name,

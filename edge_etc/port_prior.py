@@ -8,7 +8,7 @@ probability of class c is multiplied by
 
     factor(p, c) = ((n(p, c) + a * s(c)) / (n(p) + a)) / s(c)
 
-and the row is normalized to sum 1 again. n(p, c) is the number of labelled training flows
+and the row is rescaled to sum 1. n(p, c) is the number of labelled training flows
 of class c on port p, n(p) their sum, s(c) the class's share of all labelled training
 flows, and a the smoothing (in flows). The factor is the port's class mix, pulled towards
 the overall mix by a flows, relative to the overall mix. A port not in the table leaves
@@ -29,6 +29,10 @@ from .errors import ModelError
 PORT_OFFSET = 5
 SMOOTHING = 1.0
 MAX_PORT = 65535
+# Smoothing accepted in model metadata, in flows. Far below the minimum, float32 factors
+# of classes absent on a port round to 0.
+MIN_SMOOTHING = 0.001
+MAX_SMOOTHING = 1e6
 
 
 class PortPrior:
@@ -81,26 +85,42 @@ class PortPrior:
         if not isinstance(doc, dict):
             raise invalid("expected an object with smoothing, class_flows and ports")
         smoothing = doc.get("smoothing")
-        if isinstance(smoothing, bool) or not isinstance(smoothing, (int, float)) or not 0 < smoothing < 1e9:
-            raise invalid(f"smoothing={smoothing!r}, expected a number above 0")
+        if (isinstance(smoothing, bool) or not isinstance(smoothing, (int, float))
+                or not MIN_SMOOTHING <= smoothing <= MAX_SMOOTHING):
+            raise invalid(f"smoothing={smoothing!r}, expected a number from {MIN_SMOOTHING} "
+                          f"to {MAX_SMOOTHING:.0f}")
         class_flows = doc.get("class_flows")
-        if not _is_counts(class_flows, n_labels) or sum(class_flows) == 0:
-            raise invalid(f"class_flows must be {n_labels} flow counts, not all 0")
+        if not _is_counts(class_flows, n_labels):
+            raise invalid(f"class_flows must be a list of {n_labels} whole numbers from 0 to 2**53")
+        if sum(class_flows) == 0:
+            raise invalid("class_flows are all 0")
         ports = doc.get("ports")
         if not isinstance(ports, dict):
             raise invalid("ports must map port numbers to flow counts")
         port_flows = {}
+        on_ports = np.zeros(n_labels, dtype=np.float64)
         for key, counts in ports.items():
-            if not (isinstance(key, str) and key.isdigit() and int(key) <= MAX_PORT):
-                raise invalid(f"port {key!r} is not a number from 0 to {MAX_PORT}")
+            # Plain ASCII digits without leading zeros, so no two keys name the same port.
+            if not (isinstance(key, str) and key.isascii() and key.isdigit() and len(key) <= 5
+                    and (key == "0" or key[0] != "0") and int(key) <= MAX_PORT):
+                shown = repr(key) if len(repr(key)) <= 20 else repr(key)[:20] + "..."
+                raise invalid(f"port {shown} is not a number from 0 to {MAX_PORT}")
             if not _is_counts(counts, n_labels):
-                raise invalid(f"port {key} must have {n_labels} flow counts")
+                raise invalid(f"port {key} must have a list of {n_labels} whole numbers from 0 to 2**53")
             port_flows[int(key)] = counts
+            on_ports += counts
+        # Every counted flow is on one port, so no class has more flows on ports than in all.
+        over = np.flatnonzero(on_ports > np.asarray(class_flows, dtype=np.float64))
+        if len(over):
+            raise invalid(f"the ports have more flows of class {over[0]} than class_flows gives")
         return cls(class_flows, port_flows, smoothing)
 
     def apply(self, probabilities, ports):
-        """Return `probabilities` (rows of class probabilities, float32) multiplied by the
-        factors of each row's server port in `ports`, each row summing to 1 again."""
+        """Return `probabilities` (rows of class probabilities) with each row whose server
+        port in `ports` is in the table multiplied by that port's factors and rescaled to
+        sum 1, as float32. Other rows keep their values, and so the sum the model gave them
+        (int8 outputs sum to 1 only up to rounding). When no row's port is in the table,
+        the result is `probabilities` itself."""
         if not len(self.ports):
             return probabilities
         row = np.searchsorted(self.ports, ports)

@@ -13,13 +13,13 @@ from edge_etc.preprocess import Preprocessing
 
 
 def _prior():
-    # 8 flows of class 0 and 2 of class 1; port 443 has 3 and 1 of them, port 22 has 0 and 2.
-    return PortPrior([8, 2], {443: [3, 1], 22: [0, 2]}, smoothing=1.0)
+    # 8 flows of class 0 and 4 of class 1; port 443 has 3 and 1 of them, port 22 has 0 and 2.
+    return PortPrior([8, 4], {443: [3, 1], 22: [0, 2]}, smoothing=1.0)
 
 
 def test_factors_follow_formula():
     prior = _prior()
-    share = np.array([0.8, 0.2])
+    share = np.array([8, 4]) / 12
     for port, counts in ((443, np.array([3, 1])), (22, np.array([0, 2]))):
         mix = (counts + share) / (counts.sum() + 1)
         row = list(prior.ports).index(port)
@@ -81,19 +81,30 @@ def test_metadata_round_trip():
 _GOOD = {"smoothing": 1.0, "class_flows": [8, 2], "ports": {"443": [3, 1]}}
 
 
+_RANGE = "expected a number from 0.001 to 1000000"
+_COUNTS = "a list of 2 whole numbers from 0 to 2**53"
+
+
 @pytest.mark.parametrize("edit, problem", [
-    ({"smoothing": 0}, "smoothing=0, expected a number above 0"),
-    ({"smoothing": "1"}, "smoothing='1', expected a number above 0"),
-    ({"smoothing": True}, "smoothing=True, expected a number above 0"),
-    ({"class_flows": [8]}, "class_flows must be 2 flow counts, not all 0"),
-    ({"class_flows": [0, 0]}, "class_flows must be 2 flow counts, not all 0"),
-    ({"class_flows": [8, -1]}, "class_flows must be 2 flow counts, not all 0"),
-    ({"class_flows": [8, 2.5]}, "class_flows must be 2 flow counts, not all 0"),
+    ({"smoothing": 0}, f"smoothing=0, {_RANGE}"),
+    ({"smoothing": 1e-300}, f"smoothing=1e-300, {_RANGE}"),
+    ({"smoothing": 1e12}, f"smoothing=1000000000000.0, {_RANGE}"),
+    ({"smoothing": float("nan")}, f"smoothing=nan, {_RANGE}"),
+    ({"smoothing": "1"}, f"smoothing='1', {_RANGE}"),
+    ({"smoothing": True}, f"smoothing=True, {_RANGE}"),
+    ({"class_flows": [8]}, f"class_flows must be {_COUNTS}"),
+    ({"class_flows": [8, -1]}, f"class_flows must be {_COUNTS}"),
+    ({"class_flows": [8, 2.5]}, f"class_flows must be {_COUNTS}"),
+    ({"class_flows": [0, 0], "ports": {}}, "class_flows are all 0"),
     ({"ports": [443]}, "ports must map port numbers to flow counts"),
     ({"ports": {"65536": [1, 0]}}, "port '65536' is not a number from 0 to 65535"),
     ({"ports": {"-1": [1, 0]}}, "port '-1' is not a number from 0 to 65535"),
-    ({"ports": {"443": [1]}}, "port 443 must have 2 flow counts"),
-    ({"ports": {"443": "many"}}, "port 443 must have 2 flow counts"),
+    ({"ports": {"0443": [1, 0]}}, "port '0443' is not a number from 0 to 65535"),
+    ({"ports": {"\u0664\u0664\u0663": [1, 0]}}, "port '\u0664\u0664\u0663' is not a number from 0 to 65535"),
+    ({"ports": {"1" * 30: [1, 0]}}, "port '" + "1" * 19 + "... is not a number from 0 to 65535"),
+    ({"ports": {"443": [1]}}, f"port 443 must have {_COUNTS}"),
+    ({"ports": {"443": "many"}}, f"port 443 must have {_COUNTS}"),
+    ({"ports": {"443": [3, 1], "22": [6, 0]}}, "the ports have more flows of class 0 than class_flows gives"),
 ])
 def test_metadata_rejects_invalid(edit, problem):
     doc = {**_GOOD, **edit}
