@@ -51,9 +51,10 @@ EPOCHS = 7
 # CNN-LSTMs averaged in one model by `edge-etc train` (`--members`, see `fit`). Each is
 # trained on its own, from its own seed and with its own validation captures. On the 5 folds
 # of `edge-etc evaluate`, with ten seeds per fold, two averages of five networks scored
-# 0.446 and 0.428 flow macro-F1 int8 (mean 0.437). That is 6.0 points over the best
-# baseline, five one-packet CNNs averaged the same way. Three averages of three scored
-# 0.394 and one network 0.383 (docs/EVALUATION.md). Each member adds one network's
+# 0.464 and 0.444 flow macro-F1 int8 with the server port prior (mean 0.454), 5.5 points
+# over the best baseline, five one-packet CNNs with the prior averaged the same way.
+# Without the prior they scored 0.437, three averages of three 0.394 and one network
+# 0.383 (docs/EVALUATION.md). Each member adds one network's
 # inference time: five made the interpreter 1.6 times slower than three, and the runner
 # about a quarter slower on a capture of 100,000 short flows (benchmarks/RESULTS.md).
 MEMBERS = 5

@@ -1,7 +1,8 @@
 """Render docs/EVALUATION.md from the output folders of `edge-etc evaluate`.
 
 Usage: python docs/make_evaluation_page.py MAIN [NAME=ABLATION ...] [--averages RUN]
-           [--other-folds RUN] [--notes FILE] [--store DIR] > docs/EVALUATION.md
+           [--other-folds RUN] [--ablation-reference RUN] [--notes FILE] [--store DIR]
+           > docs/EVALUATION.md
        python docs/make_evaluation_page.py --stored DIR [--notes FILE] > docs/EVALUATION.md
 
 MAIN is a run with baselines and int8; each NAME=ABLATION is an ablation run, listed with
@@ -9,13 +10,16 @@ the flags it was run with. Each is an output folder of `edge-etc evaluate` or a 
 of the kind --store writes. RUN is a run with baselines and int8 made with another
 `--average-size`, shown in a section of its own. `--other-folds` RUN is a run with
 baselines and int8 made with another `--seed`, so on another deal of the captures into
-folds, also shown in a section of its own. FILE, a hand-written findings section, is
-appended after the tables (docs/evaluation/findings.md).
+folds, also shown in a section of its own. `--ablation-reference` RUN is an earlier main
+run whose first repeats the ablations were paired with, when the main run came later with
+other settings. FILE, a hand-written findings section, is appended after the tables
+(docs/evaluation/findings.md).
 
 --store DIR writes what the page needs of each run into DIR: main.json and one
 ablation-NAME.json per ablation, with its summary row and flags only, index.json, the
-ablations' names and files in order, and averages.json and other-folds.json, what the page
-shows of the two other runs. --stored DIR renders the page again from DIR alone
+ablations' names and files in order, averages.json and other-folds.json, what the page
+shows of the two other runs, and ablation-reference.json, the scores of the reference run
+that the ablations' table reads. --stored DIR renders the page again from DIR alone
 (docs/evaluation/runs/ in the repository).
 """
 
@@ -45,7 +49,7 @@ def trim_averages_run(run):
     net = run["cnn_lstm"]
     ensemble = net["ensemble"]
     trimmed = {key: run[key] for key in ("flags", "repeats", "seconds", "settings", "folds", "summary",
-                                         "seed") if key in run}
+                                         "seed", "port_prior") if key in run}
     # Runs from before `evaluate --average-size` averaged the bundled model's members.
     trimmed["average_size"] = run.get("average_size", ensemble["members"])
     trimmed["cnn_lstm"] = {**scores(net), "ensemble": {
@@ -54,9 +58,26 @@ def trim_averages_run(run):
     return trimmed
 
 
-def store(directory, main_run, ablations, averages=None, other_folds=None):
+def trim_reference_run(run):
+    """Return what `first_repeats` reads of a run: the networks' per-fold and per-repeat
+    scores and the averages' groups and scores."""
+    net = run["cnn_lstm"]
+    trimmed = {"folds": run["folds"], "repeats": run["repeats"], "port_prior": run.get("port_prior", False),
+               "cnn_lstm": {"float": [{"macro_f1": r["macro_f1"]} for r in net["float"]],
+                            "repeat_float": net["repeat_float"]}}
+    if "ensemble" in net:
+        trimmed["cnn_lstm"]["ensemble"] = {key: net["ensemble"][key]
+                                           for key in ("groups", "repeat_float")}
+    return trimmed
+
+
+def store(directory, main_run, ablations, averages=None, other_folds=None, reference=None):
     """Write the runs the page is made of into `directory` (see the module docstring)."""
     os.makedirs(directory, exist_ok=True)
+    if reference is not None:
+        with open(os.path.join(directory, "ablation-reference.json"), "w") as f:
+            json.dump(trim_reference_run(reference), f, indent=None, separators=(",", ":"))
+            f.write("\n")
     for name, run in (("averages.json", averages), ("other-folds.json", other_folds)):
         if run is not None:
             with open(os.path.join(directory, name), "w") as f:
@@ -279,7 +300,7 @@ def results_section(w, ev):
     return product, subject
 
 
-def averages_section(w, run, main_ensemble):
+def averages_section(w, run, main_ensemble, main_prior):
     """Write the section of a run that scores averages of another number of networks."""
     n = run["average_size"]
     ensemble = run["cnn_lstm"]["ensemble"]
@@ -290,17 +311,28 @@ def averages_section(w, run, main_ensemble):
       "minutes. The baselines with a seed are averaged the same way."
       + (f" The bundled model has {main_ensemble['members']} networks; the findings below say "
          "why." if main_ensemble else "") + "\n")
+    without_prior_note(w, run, main_prior)
     results_section(w, run)
 
 
-def other_folds_section(w, run, main_seed):
+def without_prior_note(w, run, main_prior):
+    """Say so when `run` scored its networks without the server port prior and the main
+    run with it."""
+    if main_prior and not run.get("port_prior"):
+        w("This run predates the server port prior, so its networks are scored without it.\n")
+
+
+def other_folds_section(w, run, main_seed, main_prior):
     """Write the section of a run made with another seed, so on other folds."""
     w(f"## Other folds (seed {run['seed']})\n")
     w(f"The main run's settings on another deal of the captures into {run['folds']} folds, with "
       f"other network seeds: `edge-etc evaluate --seed {run['seed']}`, "
       f"{run['seconds'] / 60:.0f} minutes. The design choices on this page were made on the main "
       f"run's folds (seed {main_seed}), so this run checks whether they hold on folds they were "
-      "not chosen on.\n")
+      "not chosen on."
+      + (" Only the server port prior was chosen on both deals." if main_prior and run.get("port_prior")
+         else "") + "\n")
+    without_prior_note(w, run, main_prior)
     results_section(w, run)
 
 
@@ -317,7 +349,8 @@ def int8_score(run):
 def main():
     args = sys.argv[1:]
     options = {}
-    for option in ("--notes", "--store", "--stored", "--averages", "--other-folds"):
+    for option in ("--notes", "--store", "--stored", "--averages", "--other-folds",
+                   "--ablation-reference"):
         if option in args:
             at = args.index(option)
             options[option] = args[at + 1]
@@ -332,14 +365,18 @@ def main():
             options["--averages"] = os.path.join(stored, "averages.json")
         if os.path.exists(os.path.join(stored, "other-folds.json")):
             options["--other-folds"] = os.path.join(stored, "other-folds.json")
+        if os.path.exists(os.path.join(stored, "ablation-reference.json")):
+            options["--ablation-reference"] = os.path.join(stored, "ablation-reference.json")
     else:
         ablations = [arg.split("=", 1) for arg in args[1:]]
     ev = load(args[0])
     averages = trim_averages_run(load(options["--averages"])) if "--averages" in options else None
     other_folds = (trim_averages_run(load(options["--other-folds"])) if "--other-folds" in options
                    else None)
+    # The main settings' run the ablations were paired with, when the main run is newer.
+    reference = load(options["--ablation-reference"]) if "--ablation-reference" in options else None
     if "--store" in options:
-        store(options["--store"], ev, ablations, averages, other_folds)
+        store(options["--store"], ev, ablations, averages, other_folds, reference)
     classes = list(ev["cnn_lstm"]["overall_float"]["classes"])
     out = []
     w = out.append
@@ -394,6 +431,13 @@ def main():
           "size of " + ", ".join(str(v) for v in grid) + " is scored by flow macro-F1 on "
           f"{inner} grouped folds of those captures. Chosen per fold: " +
           "; ".join(f"{' '.join(str(v) for v in leaves)} {name} the port" for name, leaves in forests) + ".")
+    if ev.get("port_prior"):
+        w("- Server port prior (`edge-etc train` stores it in the model): each fold's networks "
+          "are scored with the class mix of the labelled flows of that fold's training captures "
+          "on each server port multiplied into their class probabilities (edge_etc/port_prior.py). "
+          "For the unknown threshold, each validation capture's flows are scored with the prior "
+          "of the other training captures. The one-packet CNN gets it too. The port table and "
+          "the forests run without it, and the forest with the port reads the port's number.")
     w("- int8: each fold's model is quantized with `edge-etc convert`'s code and run through the "
       "runner's own classifier (ai-edge-litert).")
     w(f"- Settings: `{json.dumps({k: v for k, v in ev['settings'].items() if k not in ('format', 'version')})}`\n")
@@ -441,20 +485,24 @@ def main():
       f"{wrong} of {total} background flows ({wrong / total:.0%}) still get a confident label, and "
       f"{rejected} labelled test flows are turned into `unknown`.\n")
     if averages:
-        averages_section(w, averages, ensemble)
+        averages_section(w, averages, ensemble, ev.get("port_prior"))
     if other_folds:
-        other_folds_section(w, other_folds, ev["seed"])
+        other_folds_section(w, other_folds, ev["seed"], ev.get("port_prior"))
     if ablations:
         runs = [(name, load(path)) for name, path in ablations]
         paired = min((a.get("repeats", 1) for _, a in runs), default=ev.get("repeats", 1))
+        paired_run = reference or ev
         w("## Ablations\n")
         w("Each row changes one thing against the main settings; CNN-LSTM float, no baselines, same "
           "folds, with the repeats given in the table. The flow macro-F1 is the mean of the "
           "networks' scores; the last column scores, per fold, averages of the networks of "
           "consecutive repeats, as the bundled model does (the mean over the averages, each in "
           "brackets when there are several)."
-          + (f" The first row is the main run's first {paired} repeats, which have the "
-             "ablations' seeds." if paired < ev.get("repeats", 1) else "") + "\n")
+          + (f" The first row is the {'earlier ' if reference else ''}main run's first {paired} "
+             "repeats, which have the ablations' seeds." if paired < paired_run.get("repeats", 1) else "")
+          + (" The ablations and that row predate the server port prior, so their networks are "
+             "scored without it." if ev.get("port_prior") and not paired_run.get("port_prior") else "")
+          + "\n")
         w("| ablation | flags | repeats | flow macro-F1 | per repeat | per fold | averages of networks |")
         w("| --- | --- | --- | --- | --- | --- | --- |")
 
@@ -468,7 +516,10 @@ def main():
               f"{' '.join(f'{v:.3f}' for v in row['fold_macro_f1'])} | "
               f"{'' if average is None else average_cell(average)} |")
 
-        if paired < ev.get("repeats", 1):
+        if reference is not None:
+            ablation_row(f"main settings, repeats 0-{paired - 1}", "(none)",
+                         first_repeats(reference, paired, averages))
+        elif paired < ev.get("repeats", 1):
             ablation_row(f"main settings, repeats 0-{paired - 1}", "(none)",
                          first_repeats(ev, paired, averages))
         else:
