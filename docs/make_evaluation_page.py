@@ -1,24 +1,24 @@
 """Render docs/EVALUATION.md from the output folders of `edge-etc evaluate`.
 
 Usage: python docs/make_evaluation_page.py MAIN [NAME=ABLATION ...] [--averages RUN]
-           [--other-folds RUN] [--ablation-reference RUN] [--notes FILE] [--store DIR]
+           [--other-folds RUN ...] [--ablation-reference RUN] [--notes FILE] [--store DIR]
            > docs/EVALUATION.md
        python docs/make_evaluation_page.py --stored DIR [--notes FILE] > docs/EVALUATION.md
 
 MAIN is a run with baselines and int8; each NAME=ABLATION is an ablation run, listed with
 the flags it was run with. Each is an output folder of `edge-etc evaluate` or a JSON file
 of the kind --store writes. RUN is a run with baselines and int8 made with another
-`--average-size`, shown in a section of its own. `--other-folds` RUN is a run with
-baselines and int8 made with another `--seed`, so on another deal of the captures into
-folds, also shown in a section of its own. `--ablation-reference` RUN is an earlier main
+`--average-size`, shown in a section of its own. Each `--other-folds` RUN (the option
+may repeat) is a run with baselines and int8 made with another `--seed`, so on another
+deal of the captures into folds, also shown in a section of its own. `--ablation-reference` RUN is an earlier main
 run whose first repeats the ablations were paired with, when the main run came later with
 other settings. FILE, a hand-written findings section, is appended after the tables
 (docs/evaluation/findings.md).
 
 --store DIR writes what the page needs of each run into DIR: main.json and one
 ablation-NAME.json per ablation, with its summary row and flags only, index.json, the
-ablations' names and files in order, averages.json and other-folds.json, what the page
-shows of the two other runs, and ablation-reference.json, the scores of the reference run
+ablations' names and files in order, averages.json and other-folds-seed-N.json, what the
+page shows of the other runs, and ablation-reference.json, the scores of the reference run
 that the ablations' table reads. --stored DIR renders the page again from DIR alone
 (docs/evaluation/runs/ in the repository).
 """
@@ -71,14 +71,18 @@ def trim_reference_run(run):
     return trimmed
 
 
-def store(directory, main_run, ablations, averages=None, other_folds=None, reference=None):
+def store(directory, main_run, ablations, averages=None, other_folds=(), reference=None):
     """Write the runs the page is made of into `directory` (see the module docstring)."""
     os.makedirs(directory, exist_ok=True)
+    for run in other_folds:
+        with open(os.path.join(directory, f"other-folds-seed-{run['seed']}.json"), "w") as f:
+            json.dump(trim_averages_run(run), f, indent=None, separators=(",", ":"))
+            f.write("\n")
     if reference is not None:
         with open(os.path.join(directory, "ablation-reference.json"), "w") as f:
             json.dump(trim_reference_run(reference), f, indent=None, separators=(",", ":"))
             f.write("\n")
-    for name, run in (("averages.json", averages), ("other-folds.json", other_folds)):
+    for name, run in (("averages.json", averages),):
         if run is not None:
             with open(os.path.join(directory, name), "w") as f:
                 json.dump(trim_averages_run(run), f, indent=None, separators=(",", ":"))
@@ -330,8 +334,8 @@ def other_folds_section(w, run, main_seed, main_prior):
       f"{run['seconds'] / 60:.0f} minutes. The design choices on this page were made on the main "
       f"run's folds (seed {main_seed}), so this run checks whether they hold on folds they were "
       "not chosen on."
-      + (" Only the server port prior was chosen on both deals." if main_prior and run.get("port_prior")
-         else "") + "\n")
+      + (" The server port prior, the latest choice, was adopted after scratch runs on these "
+         "folds too." if main_prior and run.get("port_prior") else "") + "\n")
     without_prior_note(w, run, main_prior)
     results_section(w, run)
 
@@ -349,8 +353,12 @@ def int8_score(run):
 def main():
     args = sys.argv[1:]
     options = {}
-    for option in ("--notes", "--store", "--stored", "--averages", "--other-folds",
-                   "--ablation-reference"):
+    other_paths = []
+    while "--other-folds" in args:
+        at = args.index("--other-folds")
+        other_paths.append(args[at + 1])
+        del args[at:at + 2]
+    for option in ("--notes", "--store", "--stored", "--averages", "--ablation-reference"):
         if option in args:
             at = args.index(option)
             options[option] = args[at + 1]
@@ -363,16 +371,18 @@ def main():
         args = [os.path.join(stored, "main.json")]
         if os.path.exists(os.path.join(stored, "averages.json")):
             options["--averages"] = os.path.join(stored, "averages.json")
-        if os.path.exists(os.path.join(stored, "other-folds.json")):
-            options["--other-folds"] = os.path.join(stored, "other-folds.json")
+        # In seed order, so the page does not depend on the directory listing.
+        found = [name for name in os.listdir(stored)
+                 if name.startswith("other-folds-seed-") and name.endswith(".json")]
+        other_paths = [os.path.join(stored, name)
+                       for name in sorted(found, key=lambda n: int(n[len("other-folds-seed-"):-5]))]
         if os.path.exists(os.path.join(stored, "ablation-reference.json")):
             options["--ablation-reference"] = os.path.join(stored, "ablation-reference.json")
     else:
         ablations = [arg.split("=", 1) for arg in args[1:]]
     ev = load(args[0])
     averages = trim_averages_run(load(options["--averages"])) if "--averages" in options else None
-    other_folds = (trim_averages_run(load(options["--other-folds"])) if "--other-folds" in options
-                   else None)
+    other_folds = [trim_averages_run(load(path)) for path in other_paths]
     # The main settings' run the ablations were paired with, when the main run is newer.
     reference = load(options["--ablation-reference"]) if "--ablation-reference" in options else None
     if "--store" in options:
@@ -443,10 +453,10 @@ def main():
     w(f"- Settings: `{json.dumps({k: v for k, v in ev['settings'].items() if k not in ('format', 'version')})}`\n")
     w("## Results against the baselines\n")
     product, subject = results_section(w, ev)
-    if other_folds:
-        ours, best = int8_score(other_folds)
+    for run in other_folds:
+        ours, best = int8_score(run)
         margin_verdict = "is met" if ours >= best["macro_f1"] + 0.05 else "is not met"
-        w(f"**On other folds (seed {other_folds['seed']}, section below) the 5-point margin {margin_verdict}:** the "
+        w(f"**On other folds (seed {run['seed']}, section below) the 5-point margin {margin_verdict}:** the "
           f"same design scores {ours:.3f} int8 there, and the best baseline, {best['name']}, "
           f"{best['macro_f1']:.3f}.\n")
     if ensemble:
@@ -486,8 +496,8 @@ def main():
       f"{rejected} labelled test flows are turned into `unknown`.\n")
     if averages:
         averages_section(w, averages, ensemble, ev.get("port_prior"))
-    if other_folds:
-        other_folds_section(w, other_folds, ev["seed"], ev.get("port_prior"))
+    for run in other_folds:
+        other_folds_section(w, run, ev["seed"], ev.get("port_prior"))
     if ablations:
         runs = [(name, load(path)) for name, path in ablations]
         paired = min((a.get("repeats", 1) for _, a in runs), default=ev.get("repeats", 1))
@@ -537,8 +547,8 @@ def main():
     if averages:
         n = averages["average_size"]
         w(f"edge-etc evaluate -o averages-of-{n} --repeats {averages['repeats']} --average-size {n}")
-    if other_folds:
-        w(f"edge-etc evaluate -o seed-{other_folds['seed']} --seed {other_folds['seed']}")
+    for run in other_folds:
+        w(f"edge-etc evaluate -o seed-{run['seed']} --seed {run['seed']}")
     for name, path in ablations:
         a = load(path)
         int8 = "" if "overall_int8" in a.get("cnn_lstm", {}) else " --no-int8"
@@ -546,7 +556,7 @@ def main():
           f"--repeats {a.get('repeats', 1)} --no-baselines{int8}")
     w("python docs/make_evaluation_page.py evaluation 'NAME=ablation-DIR' ... "
       + (f"--averages averages-of-{averages['average_size']} " if averages else "")
-      + (f"--other-folds seed-{other_folds['seed']} " if other_folds else "")
+      + "".join(f"--other-folds seed-{run['seed']} " for run in other_folds)
       + "--notes docs/evaluation/findings.md --store docs/evaluation/runs > docs/EVALUATION.md")
     w("# or again from the runs stored in the repository:")
     w("python docs/make_evaluation_page.py --stored docs/evaluation/runs "
@@ -558,7 +568,7 @@ def main():
                    f"{m['tensorflow']} (CPU), numpy {m['numpy']}")
     else:  # runs from before evaluate recorded its machine
         machine = "not recorded by this run"
-    total = ev["seconds"] + sum(run["seconds"] for run in (averages, other_folds) if run)
+    total = ev["seconds"] + sum(run["seconds"] for run in [averages, *other_folds] if run)
     total += sum(load(p)["seconds"] for _, p in ablations)
     w(f"Machine: {machine}. The main run took {ev['seconds'] / 60:.0f} minutes; the whole page, "
       f"main run{', averages' if averages else ''}{', other folds' if other_folds else ''} and "
