@@ -47,16 +47,18 @@ class PortPrior:
     def __init__(self, class_flows, port_flows, smoothing=SMOOTHING):
         self.class_flows = np.asarray(class_flows, dtype=np.float64)
         self.smoothing = float(smoothing)
-        self.port_flows = {int(p): np.asarray(n, dtype=np.float64) for p, n in port_flows.items()}
+        self.ports = np.array(sorted(int(p) for p in port_flows), dtype=np.int64)
+        # One row of counts per port, in the order of `ports`: one array instead of one
+        # per port keeps the runner's start-up memory down.
+        self.port_counts = np.array([port_flows[p] for p in self.ports.tolist()],
+                                    dtype=np.float64).reshape(len(self.ports), len(self.class_flows))
         share = self.class_flows / self.class_flows.sum()
-        self.ports = np.array(sorted(self.port_flows), dtype=np.int64)
-        factors = np.ones((len(self.ports), len(share)))
-        present = share > 0
-        for row, port in enumerate(self.ports):
-            n = self.port_flows[port]
-            mix = (n + self.smoothing * share) / (n.sum() + self.smoothing)
-            factors[row, present] = mix[present] / share[present]
+        mix = ((self.port_counts + self.smoothing * share)
+               / (self.port_counts.sum(axis=1, keepdims=True) + self.smoothing))
+        factors = np.ones_like(mix)
         # A class without training flows has no share to compare with, so its factor stays 1.
+        present = share > 0
+        factors[:, present] = mix[:, present] / share[present]
         self.factors = factors.astype(np.float32)
 
     @classmethod
@@ -74,7 +76,8 @@ class PortPrior:
         """Return the metadata form (see the module docstring)."""
         return {"smoothing": self.smoothing,
                 "class_flows": [int(n) for n in self.class_flows],
-                "ports": {str(p): [int(n) for n in self.port_flows[p]] for p in self.ports}}
+                "ports": {str(p): [int(n) for n in row]
+                          for p, row in zip(self.ports.tolist(), self.port_counts)}}
 
     @classmethod
     def from_dict(cls, doc, n_labels, source):
