@@ -61,10 +61,26 @@ class ConversionError(EdgeEtcError):
     """The converter failed or crashed."""
 
 
-def load_keras_model(path):
-    """Load a Keras .h5/.keras model without compiling it."""
+def check_keras_path(path):
+    """Raise ModelError unless `path` is a file that may hold a Keras model: a TFLite
+    model or a file of neither HDF5 nor zip format (a .keras file is a zip) is named as such."""
     if not os.path.isfile(path):
         raise ModelError(f"{path}: model file not found")
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+    except OSError as e:
+        raise ModelError(f"{path}: cannot read model file: {e.strerror}") from None
+    if head[4:8] == b"TFL3":
+        raise ModelError(f"{path}: is a TFLite model already; convert takes the Keras model.h5 "
+                         "that 'edge-etc train' writes")
+    if not (head.startswith(b"\x89HDF\r\n\x1a\n") or head.startswith(b"PK\x03\x04")):
+        raise ModelError(f"{path}: not a Keras model (neither an HDF5 .h5 nor a zipped .keras file)")
+
+
+def load_keras_model(path):
+    """Load a Keras .h5/.keras model without compiling it."""
+    check_keras_path(path)
     keras = load_keras()
     try:
         return keras.models.load_model(path, compile=False)
@@ -239,6 +255,7 @@ def to_int8(model, settings, labels, calibration, info=None, unknown_threshold=0
 def convert_command(keras_path, output, corpus, force, seed):
     from edge_etc.tflite_file import TFLiteModel
 
+    check_keras_path(keras_path)  # a wrong file is named before a missing corpus
     corpus = corpus or dataset.default_corpus()
     output = output or os.path.splitext(keras_path)[0] + ".tflite"
     captures = dataset.read_manifest(corpus)  # before the model: loading TensorFlow takes seconds

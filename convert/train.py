@@ -243,9 +243,13 @@ def _epoch_logger(epochs):
     return EpochLogger()
 
 
-def evaluate(model, data, test_idx, max_windows=DEFAULTS.flows.max_windows, prior=None):
+def evaluate(model, data, test_idx, max_windows=DEFAULTS.flows.max_windows, prior=None,
+             threshold=0.0):
     """Return window-level and flow-level reports on the captures `test_idx`, or None when
-    those captures have no labelled windows. `prior`: a server port prior to apply."""
+    those captures have no labelled windows. `prior`: a server port prior to apply. The
+    report counts the flows whose confidence is under the unknown `threshold`."""
+    from .evaluate import _flow_confidence
+
     m = data.select(test_idx) & (data.y >= 0)
     if not m.any():
         return None
@@ -254,9 +258,11 @@ def evaluate(model, data, test_idx, max_windows=DEFAULTS.flows.max_windows, prio
     window_pred = probs.argmax(1)
     flow_true, flow_pred, _ = flow_decisions(probs, data.flow[m], data.position[m],
                                              data.flow_label, max_windows)
+    _, _, confidence = _flow_confidence(probs, data, m, max_windows)
     return {
         "windows": per_class_report(data.y[m], window_pred, data.classes),
         "flows": per_class_report(flow_true, flow_pred, data.classes),
+        "flows_under_threshold": int((confidence < threshold).sum()),
     }
 
 
@@ -419,7 +425,13 @@ def train_command(corpus, output, epochs, seed, vector_bytes, window_rule, no_se
     threshold_note = _threshold_note(data, sorted(set().union(*map(set, val_sets))), threshold)
     if threshold_note:
         log.warning("unknown threshold %.2f: %s", threshold, threshold_note)
-    report = evaluate(model, data, test_idx, prior=prior)
+    report = evaluate(model, data, test_idx, prior=prior, threshold=threshold)
+    rejected_note = ""
+    if report is not None and report["flows_under_threshold"] > report["flows"]["support"] / 2:
+        rejected_note = (f"the unknown threshold {threshold:.2f} turns "
+                         f"{report['flows_under_threshold']} of {report['flows']['support']} "
+                         "held-out flows into unknown; train longer or on more captures")
+        log.warning("%s", rejected_note)
 
     os.makedirs(output, exist_ok=True)
     model_path = os.path.join(output, "model.h5")
@@ -452,6 +464,8 @@ def train_command(corpus, output, epochs, seed, vector_bytes, window_rule, no_se
              f"Server port prior: " + (f"{len(prior.ports)} ports of the training flows\n" if prior else "none\n"))
     if threshold_note:
         text += f"  {threshold_note}\n"
+    if rejected_note:
+        text += f"  {rejected_note}\n"
     text += "\n"
     if report is None:
         text += "No held-out results: the held-out captures have no labelled windows.\n"

@@ -471,6 +471,21 @@ def test_convert_checks_inputs_before_tensorflow(tmp_path, args, expected):
     assert "keras" not in imported
 
 
+@pytest.mark.parametrize("kind, problem", [
+    ("tflite", "is a TFLite model already; convert takes the Keras model.h5 that 'edge-etc train' writes"),
+    ("capture", "not a Keras model (neither an HDF5 .h5 nor a zipped .keras file)"),
+])
+def test_convert_names_wrong_model_file(tmp_path, kind, problem):
+    pytest.importorskip("tensorflow", reason="needs the training extra")
+    from edge_etc.model import default_model_path
+
+    path = default_model_path() if kind == "tflite" else PCAP
+    proc = subprocess.run([sys.executable, "-m", "edge_etc", "convert", path,
+                           "--corpus", str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [f"edge-etc: error: {path}: {problem}"]
+
+
 def test_missing_train_extra_names_both_install_commands():
     code = ("import sys; sys.modules['tensorflow'] = None; from edge_etc.cli import main; "
             "sys.argv = ['edge-etc', 'train']; main()")

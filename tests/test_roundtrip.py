@@ -26,6 +26,13 @@ def test_train_convert_run(corpus, tmp_path):
     assert not set(meta["split"]["train"]) & set(meta["split"]["test"])
     from edge_etc.convert.train import MEMBERS
     assert meta["members"] == MEMBERS  # the default number of trainings averaged in one model
+    # The held-out report counts the flows the unknown threshold would reject, and train
+    # says so when that is most of them.
+    under = meta["results"]["flows_under_threshold"]
+    assert 0 <= under <= meta["results"]["flows"]["support"]
+    report = (out / "report.txt").read_text()
+    assert ("held-out flows into unknown" in report) == (under > meta["results"]["flows"]["support"] / 2)
+    assert len(meta["port_prior"]["class_flows"]) == len(meta["labels"])
 
     r = run_cli("convert", str(out / "model.h5"), "--force", "-q", env=env, timeout=900)
     assert r.returncode == 0, r.stderr[-2000:]
@@ -164,7 +171,8 @@ def _default_settings():
                              "expected a whole number from 1 to 1000"),
     ({"labels": ["Web"] * 10}, "invalid label list in the model metadata: 'Web' appears more than once"),
     ({"port_prior": {"smoothing": 1.0, "class_flows": [1] * 10, "ports": {"443": [1]}}},
-     "invalid port_prior in the model metadata: port 443 must have 10 flow counts"),
+     "invalid port_prior in the model metadata: port 443 must have a list of 10 whole numbers "
+     "from 0 to 2**53"),
     ({"port_prior": {"smoothing": 1.0, "class_flows": [1] * 10, "ports": {}},
       "preprocessing": {**_default_settings(), "server_port": False, "port_buckets": 0}},
      "the model has a port_prior, but its preprocessing settings leave the server port out of "
