@@ -476,7 +476,8 @@ def test_members_train_convert_run(corpus, tmp_path):
 @pytest.mark.parametrize("command", ["train", "convert"])
 def test_missing_corpus_names_variable(command, tmp_path):
     env = dict(os.environ, EDGE_ETC_CORPUS=str(tmp_path / "no-corpus"))
-    (tmp_path / "m.h5").write_bytes(b"not read: the corpus is checked first")
+    # An HDF5 signature passes the file check; the corpus is checked before Keras reads it.
+    (tmp_path / "m.h5").write_bytes(b"\x89HDF\r\n\x1a\nnot read: the corpus is checked first")
     args = ["train", "-o", str(tmp_path / "m")] if command == "train" else ["convert", str(tmp_path / "m.h5")]
     r = run_cli(*args, env=env)
     assert r.returncode == 2, r.stderr
