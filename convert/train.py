@@ -461,7 +461,7 @@ def train_command(corpus, output, epochs, seed, vector_bytes, window_rule, no_se
     text += (f"Networks averaged: {members} (seeds "
              + ", ".join(str(seed + MEMBER_SEED_STEP * i) for i in range(members)) + ")\n"
              f"Unknown threshold: {threshold:.2f} (reported flows above use no threshold)\n"
-             f"Server port prior: " + (f"{len(prior.ports)} ports of the training flows\n" if prior else "none\n"))
+             "Server port prior: " + (f"{len(prior.ports)} ports of the training flows\n" if prior else "none\n"))
     if threshold_note:
         text += f"  {threshold_note}\n"
     if rejected_note:

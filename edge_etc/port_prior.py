@@ -1,9 +1,9 @@
 """Server port prior: the class mix of the training flows on each server port, multiplied
 into the network's class probabilities.
 
-The network sees the server port through 256 hashed buckets, which ports of other classes
-share, and a port that no training flow used lands in a bucket trained on other ports. The
-prior counts exact ports instead. For a window whose server port p is in the table, the
+The network reads the server port through 256 hashed buckets, which ports of other
+classes share. A port that no training flow used lands in a bucket trained on other
+ports. The prior counts exact ports instead. For a window whose server port p is in the table, the
 probability of class c is multiplied by
 
     factor(p, c) = ((n(p, c) + a * s(c)) / (n(p) + a)) / s(c)

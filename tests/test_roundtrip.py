@@ -27,7 +27,7 @@ def test_train_convert_run(corpus, tmp_path):
     from edge_etc.convert.train import MEMBERS
     assert meta["members"] == MEMBERS  # the default number of trainings averaged in one model
     # The held-out report counts the flows the unknown threshold would reject, and train
-    # says so when that is most of them.
+    # warns when that is more than half of them.
     under = meta["results"]["flows_under_threshold"]
     assert 0 <= under <= meta["results"]["flows"]["support"]
     report = (out / "report.txt").read_text()
